@@ -1,0 +1,1 @@
+//! kubetune-agent (work in progress).

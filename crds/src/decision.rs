@@ -1,0 +1,138 @@
+//! The admission record: the webhook writes one annotation on every pod it decides about, the
+//! operator reads it to compute TuningPolicy status, and a user reads it with
+//! `kubectl get pod -o yaml` to understand what was injected, what was refused and why.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::DeliveryDecision;
+
+/// Annotation holding the JSON [`PodDecision`].
+pub const DECISION_ANNOTATION: &str = "kubetune.dev/decision";
+/// Annotation with a one-line human summary of the decision.
+pub const SUMMARY_ANNOTATION: &str = "kubetune.dev/summary";
+/// Multus network selection annotation (tuning-CNI delivery).
+pub const MULTUS_NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// Label/annotation a user can set on a pod to opt out of kubetune entirely (`"true"`).
+pub const SKIP_ANNOTATION: &str = "kubetune.dev/skip";
+/// Version of the [`PodDecision`] format.
+pub const DECISION_VERSION: u32 = 1;
+
+/// What happened to one desired sysctl of one policy on one pod.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Injected (securityContext or tuning CNI, see `delivery`).
+    Injected,
+    /// DryRun policy: would have been injected with `delivery`.
+    WouldInject,
+    /// Not injected; `reason`/`message` say why.
+    Refused,
+    /// Another policy with higher priority (or same priority, earlier name) set this sysctl.
+    Overridden,
+    /// The pod sets this sysctl itself; kubetune never overwrites the pod's own value.
+    PodValueKept,
+}
+
+/// One line of the decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionEntry {
+    /// Policy name (same namespace as the pod).
+    pub policy: String,
+    /// Policy `metadata.generation` the decision used.
+    pub generation: i64,
+    /// Sysctl name (canonical, dotted).
+    pub sysctl: String,
+    /// Value the policy wants.
+    pub value: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// How it is (or would be) delivered; absent when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryDecision>,
+    /// Machine-readable reason, e.g. `SafeSysctl`, `AllowedUnsafeSysctl`, `RefusedUnsafeSysctl`,
+    /// `RefusedHostNetwork`, `RefusedByPodSecurity`, `RefusedNodeLevel`, `InvalidValue`,
+    /// `PodValueKept`, `OverriddenByPolicy`.
+    pub reason: String,
+    /// Human explanation.
+    pub message: String,
+}
+
+/// The whole admission record of a pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDecision {
+    /// Format version ([`DECISION_VERSION`]).
+    pub version: u32,
+    /// Matching policies and the generation used, sorted by name.
+    pub policies: Vec<PolicyRef>,
+    /// One entry per (policy, sysctl).
+    pub entries: Vec<DecisionEntry>,
+}
+
+/// A policy that matched the pod at admission.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRef {
+    /// Policy name.
+    pub name: String,
+    /// Its `metadata.generation`.
+    pub generation: i64,
+}
+
+/// Errors reading a decision annotation.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    /// The annotation is not valid JSON of the expected shape.
+    #[error("annotation {DECISION_ANNOTATION} is not a valid decision record: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+impl PodDecision {
+    /// Parse the annotation value.
+    pub fn parse(s: &str) -> Result<Self, DecisionError> {
+        Ok(serde_json::from_str(s)?)
+    }
+    /// Serialise for the annotation (compact JSON, deterministic order).
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("decision serialises")
+    }
+    /// Entries of one policy.
+    pub fn for_policy<'a>(
+        &'a self,
+        policy: &'a str,
+    ) -> impl Iterator<Item = &'a DecisionEntry> + 'a {
+        self.entries.iter().filter(move |e| e.policy == policy)
+    }
+    /// One-line human summary, e.g. `injected net.core.somaxconn=8192 (securityContext); refused 1`.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for (outcome, word) in [
+            (Outcome::Injected, "injected"),
+            (Outcome::WouldInject, "would inject (DryRun)"),
+        ] {
+            let items: Vec<String> = self
+                .entries
+                .iter()
+                .filter(|e| e.outcome == outcome)
+                .map(|e| format!("{}={}", e.sysctl, e.value))
+                .collect();
+            if !items.is_empty() {
+                parts.push(format!("{word} {}", items.join(",")));
+            }
+        }
+        let refused: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.outcome, Outcome::Refused | Outcome::PodValueKept))
+            .map(|e| format!("{} ({})", e.sysctl, e.reason))
+            .collect();
+        if !refused.is_empty() {
+            parts.push(format!("not injected {}", refused.join(",")));
+        }
+        if parts.is_empty() {
+            "no sysctls".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! kubetune-e2e (work in progress).

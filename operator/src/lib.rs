@@ -1,0 +1,1 @@
+//! kubetune-operator (work in progress).

@@ -1,0 +1,2 @@
+#![no_std]
+//! Kernel programs (work in progress).

@@ -1,0 +1,1 @@
+//! kubetune-webhook (work in progress).
