@@ -5,12 +5,16 @@
 //! - [`decision`]: the pod annotation the webhook writes and the operator reads.
 //! - [`sysctl`]: which sysctls exist per pod, are safe in which Kubernetes version, how values
 //!   validate, presets.
+//! - [`facts`]: cluster facts and the pure per-sysctl delivery decision.
+//! - [`selector`]: label selector matching.
 //! - [`schema`]: generated CRDs and a structural-schema checker.
 
 pub mod decision;
+pub mod facts;
 pub mod policy;
 pub mod report;
 pub mod schema;
+pub mod selector;
 pub mod sysctl;
 
 pub use decision::{DecisionEntry, Outcome, PodDecision};
