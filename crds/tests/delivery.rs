@@ -34,6 +34,15 @@ fn on(pool: &str) -> PodContext {
     }
 }
 
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Delivery,
+    ClusterFacts,
+    &'a PodContext,
+    Result<DeliveryDecision, &'a str>,
+);
+
 #[test]
 fn delivery_table() {
     use DeliveryDecision::*;
@@ -60,14 +69,7 @@ fn delivery_table() {
         ..on("ingress")
     };
     // (sysctl, value, preference, facts, pod, Ok(delivery) | Err(reason))
-    let cases: Vec<(
-        &str,
-        &str,
-        Delivery,
-        ClusterFacts,
-        &PodContext,
-        Result<DeliveryDecision, &str>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         // safe sysctls go to securityContext
         (
             "net.ipv4.tcp_keepalive_time",
