@@ -1,1 +1,3 @@
-//! kubetune-e2e (work in progress).
+//! kubetune end-to-end support: rendering and checking the deploy manifests.
+
+pub mod manifests;
