@@ -1,3 +1,4 @@
-//! kubetune end-to-end support: rendering and checking the deploy manifests.
+//! kubetune end-to-end support: the kubelet-playing netns harness and the deploy manifest checks.
 
+pub mod kubelet;
 pub mod manifests;
