@@ -1,0 +1,291 @@
+//! AdmissionReview v1 handling, pure over a [`Snapshot`] of the caches.
+//!
+//! Contract: `/mutate` always allows (kubetune must never block a pod); anything it cannot
+//! understand gets a well-formed allowed response with a warning. Only a body that is not JSON
+//! at all is a 400. `/validate` denies invalid TuningPolicies with the validation messages.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::DynamicObject;
+use kubetune_crds::decision::SKIP_ANNOTATION;
+use kubetune_crds::facts::ClusterFacts;
+use kubetune_crds::policy::{validate_spec, TuningPolicy};
+use serde_json::Value;
+
+use crate::patch::build_patch;
+use crate::plan::{plan, NamespaceFacts};
+
+/// Annotation the kubelet sets on mirror (static) pods.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Everything the handlers read: a consistent view of the reflector caches.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every TuningPolicy in the cluster.
+    pub policies: Vec<TuningPolicy>,
+    /// Namespace labels by name.
+    pub namespaces: BTreeMap<String, NamespaceFacts>,
+    /// Cluster facts (ConfigMap `kubetune-cluster-facts`).
+    pub facts: ClusterFacts,
+}
+
+/// Static configuration of the handlers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespaces whose pods are never touched.
+    pub excluded_namespaces: BTreeSet<String>,
+}
+
+impl Config {
+    /// kube-system, kube-node-lease, the operator's own namespace, plus `extra`.
+    pub fn new(own_namespace: &str, extra: &[String]) -> Self {
+        let mut excluded: BTreeSet<String> = ["kube-system", "kube-node-lease"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        excluded.insert(own_namespace.to_string());
+        excluded.extend(extra.iter().filter(|s| !s.is_empty()).cloned());
+        Self {
+            excluded_namespaces: excluded,
+        }
+    }
+}
+
+/// What happened to a request (metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReviewOutcome {
+    /// Patched the pod.
+    Patched,
+    /// Matching policies, nothing to change (already applied / nothing deliverable).
+    Unchanged,
+    /// No policy matched, or the pod/namespace is excluded.
+    Skipped,
+    /// The review was malformed or not for us; allowed with a warning.
+    Malformed,
+    /// A TuningPolicy was accepted by `/validate`.
+    Valid,
+    /// A TuningPolicy was denied by `/validate`.
+    Denied,
+}
+
+impl ReviewOutcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewOutcome::Patched => "patched",
+            ReviewOutcome::Unchanged => "unchanged",
+            ReviewOutcome::Skipped => "skipped",
+            ReviewOutcome::Malformed => "malformed",
+            ReviewOutcome::Valid => "valid",
+            ReviewOutcome::Denied => "denied",
+        }
+    }
+}
+
+/// The handler's answer.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The AdmissionReview to send back.
+    pub review: AdmissionReview<DynamicObject>,
+    /// What happened.
+    pub outcome: ReviewOutcome,
+    /// Delivery kinds patched (for metrics): `securityContext`, `tuningCNI`.
+    pub delivered: Vec<&'static str>,
+}
+
+/// The body is not JSON: answer 400.
+#[derive(Debug, thiserror::Error)]
+#[error("request body is not JSON: {0}")]
+pub struct NotJson(#[from] serde_json::Error);
+
+fn allowed_with_warning(uid: &str, warning: String) -> Reviewed {
+    let mut r = AdmissionResponse::invalid(&warning);
+    r.uid = uid.to_string();
+    r.allowed = true;
+    r.result = Default::default();
+    r.warnings = Some(vec![format!("kubetune: {warning}")]);
+    tracing::warn!(uid, %warning, "malformed admission review; allowed");
+    Reviewed {
+        review: r.into_review(),
+        outcome: ReviewOutcome::Malformed,
+        delivered: vec![],
+    }
+}
+
+fn decode(
+    body: &[u8],
+) -> Result<Result<AdmissionRequest<DynamicObject>, (String, String)>, NotJson> {
+    let v: Value = serde_json::from_slice(body)?;
+    let uid = v
+        .pointer("/request/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if v.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1") {
+        return Ok(Err((
+            uid,
+            "expected an admission.k8s.io/v1 AdmissionReview".into(),
+        )));
+    }
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err((uid, format!("malformed AdmissionReview: {e}")))),
+    };
+    let req: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
+    match req {
+        Ok(req) => Ok(Ok(req)),
+        Err(e) => Ok(Err((uid, format!("malformed AdmissionReview: {e}")))),
+    }
+}
+
+/// `/mutate`: plan and patch a pod.
+pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Reviewed, NotJson> {
+    let req = match decode(body)? {
+        Ok(r) => r,
+        Err((uid, why)) => return Ok(allowed_with_warning(&uid, why)),
+    };
+    let skip = |outcome| Reviewed {
+        review: AdmissionResponse::from(&req).into_review(),
+        outcome,
+        delivered: vec![],
+    };
+    if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
+        return Ok(allowed_with_warning(
+            &req.uid,
+            format!("/mutate handles Pods, not {}", req.kind.kind),
+        ));
+    }
+    if req.operation != Operation::Create {
+        return Ok(skip(ReviewOutcome::Skipped));
+    }
+    let Some(obj) = req.object.as_ref() else {
+        return Ok(allowed_with_warning(
+            &req.uid,
+            "review has no object".into(),
+        ));
+    };
+    let mut pod: Pod = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(allowed_with_warning(
+                &req.uid,
+                format!("object is not a valid Pod: {e}"),
+            ))
+        }
+    };
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| pod.metadata.namespace.clone())
+        .unwrap_or_default();
+    pod.metadata.namespace = Some(namespace.clone());
+    if cfg.excluded_namespaces.contains(&namespace) {
+        return Ok(skip(ReviewOutcome::Skipped));
+    }
+    let flagged =
+        |m: &Option<BTreeMap<String, String>>, k: &str| m.as_ref().and_then(|m| m.get(k)).is_some();
+    if flagged(&pod.metadata.annotations, MIRROR_ANNOTATION) {
+        return Ok(skip(ReviewOutcome::Skipped));
+    }
+    let opted_out = |m: &Option<BTreeMap<String, String>>| {
+        m.as_ref()
+            .and_then(|m| m.get(SKIP_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    };
+    if opted_out(&pod.metadata.annotations) || opted_out(&pod.metadata.labels) {
+        return Ok(skip(ReviewOutcome::Skipped));
+    }
+    let ns = snap
+        .namespaces
+        .get(&namespace)
+        .cloned()
+        .unwrap_or_else(|| NamespaceFacts {
+            name: namespace.clone(),
+            labels: BTreeMap::new(),
+        });
+    let p = plan(&pod, &ns, &snap.policies, &snap.facts);
+    if p.is_empty() {
+        return Ok(skip(ReviewOutcome::Skipped));
+    }
+    let net = snap
+        .facts
+        .tuning_cni
+        .as_ref()
+        .map(|t| t.network_name.as_str());
+    let patch = build_patch(&pod, &p, net);
+    if patch.0.is_empty() {
+        return Ok(skip(ReviewOutcome::Unchanged));
+    }
+    let mut delivered = Vec::new();
+    if !p.security_context.is_empty() {
+        delivered.push("securityContext");
+    }
+    if !p.tuning_cni.is_empty() {
+        delivered.push("tuningCNI");
+    }
+    tracing::info!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
+        summary = %p.decision.summary(), dry_run = req.dry_run, "patched pod");
+    match AdmissionResponse::from(&req).with_patch(patch) {
+        Ok(r) => Ok(Reviewed {
+            review: r.into_review(),
+            outcome: ReviewOutcome::Patched,
+            delivered,
+        }),
+        Err(e) => Ok(allowed_with_warning(
+            &req.uid,
+            format!("could not serialise patch: {e}"),
+        )),
+    }
+}
+
+/// `/validate`: deny invalid TuningPolicies with every validation message.
+pub fn validate(body: &[u8]) -> Result<Reviewed, NotJson> {
+    let req = match decode(body)? {
+        Ok(r) => r,
+        Err((uid, why)) => return Ok(allowed_with_warning(&uid, why)),
+    };
+    if req.kind.kind != "TuningPolicy" || req.operation == Operation::Delete {
+        return Ok(Reviewed {
+            review: AdmissionResponse::from(&req).into_review(),
+            outcome: ReviewOutcome::Valid,
+            delivered: vec![],
+        });
+    }
+    let Some(obj) = req.object.as_ref() else {
+        return Ok(allowed_with_warning(
+            &req.uid,
+            "review has no object".into(),
+        ));
+    };
+    let policy: TuningPolicy = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+        Ok(p) => p,
+        Err(e) => {
+            let r = AdmissionResponse::from(&req).deny(format!("not a valid TuningPolicy: {e}"));
+            return Ok(Reviewed {
+                review: r.into_review(),
+                outcome: ReviewOutcome::Denied,
+                delivered: vec![],
+            });
+        }
+    };
+    let errs = validate_spec(&policy.spec);
+    if errs.is_empty() {
+        return Ok(Reviewed {
+            review: AdmissionResponse::from(&req).into_review(),
+            outcome: ReviewOutcome::Valid,
+            delivered: vec![],
+        });
+    }
+    let msg = errs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(Reviewed {
+        review: AdmissionResponse::from(&req).deny(msg).into_review(),
+        outcome: ReviewOutcome::Denied,
+        delivered: vec![],
+    })
+}

@@ -1,0 +1,65 @@
+//! `kubetune-webhook`: the admission webhook server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use kubetune_webhook::{admission::Config, cache, metrics::Metrics, server, tls};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "kubetune mutating/validating admission webhook")]
+struct Args {
+    /// Address to listen on (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+    /// Serving certificate (PEM); reloaded when it changes.
+    #[arg(long, default_value = "/tls/tls.crt")]
+    tls_cert: std::path::PathBuf,
+    /// Serving key (PEM); reloaded when it changes.
+    #[arg(long, default_value = "/tls/tls.key")]
+    tls_key: std::path::PathBuf,
+    /// kubetune's own namespace (never mutated; holds the cluster-facts ConfigMap).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kubetune-system")]
+    namespace: String,
+    /// More namespaces to leave alone (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kube-system,kube-node-lease"
+    )]
+    exclude_namespaces: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let resolver = Arc::new(
+        tls::ReloadingResolver::new(&args.tls_cert, &args.tls_key, Duration::from_secs(2))
+            .context("loading the serving certificate")?,
+    );
+    let tls_cfg = tls::server_config(resolver)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let source = cache::start(client, &args.namespace);
+    let state = Arc::new(server::State {
+        source,
+        config: Config::new(&args.namespace, &args.exclude_namespaces),
+        metrics: Metrics::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(addr = %args.listen, "serving /mutate /validate /healthz /readyz /metrics over TLS");
+    server::serve_tls(listener, tls_cfg, server::routes(state), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    Ok(())
+}
