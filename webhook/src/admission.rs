@@ -95,6 +95,23 @@ pub struct Reviewed {
     pub delivered: Vec<&'static str>,
 }
 
+/// The AdmissionReview as the apiserver expects it on the wire: `response.patch` as a base64
+/// string (Kubernetes' `[]byte` encoding; kube-core serialises the bytes as a number array).
+pub fn to_wire(review: &AdmissionReview<DynamicObject>) -> Value {
+    use base64::Engine;
+    let mut v = serde_json::to_value(review).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(resp) = v.get_mut("response") {
+        if let Some(Value::Array(bytes)) = resp.get("patch") {
+            let raw: Vec<u8> = bytes
+                .iter()
+                .filter_map(|b| b.as_u64().map(|b| b as u8))
+                .collect();
+            resp["patch"] = Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
+        }
+    }
+    v
+}
+
 /// The body is not JSON: answer 400.
 #[derive(Debug, thiserror::Error)]
 #[error("request body is not JSON: {0}")]

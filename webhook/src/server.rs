@@ -70,7 +70,7 @@ fn reply(
                     })
                     .inc();
             }
-            warp::reply::json(&r.review).into_response()
+            warp::reply::json(&admission::to_wire(&r.review)).into_response()
         }
         Err(e) => {
             state.metrics.observe(endpoint, "bad_request", secs);
@@ -89,8 +89,8 @@ pub fn routes(
         let s = state.clone();
         warp::any().map(move || s.clone())
     };
-    let mutate = warp::post()
-        .and(warp::path!("mutate"))
+    let mutate = warp::path!("mutate")
+        .and(warp::post())
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
         .and(with_state.clone())
@@ -100,8 +100,8 @@ pub fn routes(
             let r = admission::mutate(&body, &snap, &s.config);
             reply(&s, "mutate", r, t)
         });
-    let validate = warp::post()
-        .and(warp::path!("validate"))
+    let validate = warp::path!("validate")
+        .and(warp::post())
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
         .and(with_state.clone())
