@@ -1,1 +1,2 @@
-//! kubetune-agent (work in progress).
+//! kubetune-agent.
+pub mod probe;

@@ -1,2 +1,194 @@
 #![no_std]
-//! Types shared by the kernel programs and the agent (work in progress).
+//! Types shared by kubetune's kernel programs (`kubetune-probe-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, and free of padding surprises (explicit `_pad`
+//! fields) so the same bytes mean the same thing on both sides. With the `user` feature the
+//! types implement [`aya::Pod`] so the agent can read them out of BPF maps.
+//!
+//! There is no CO-RE for Rust eBPF: the kernel programs read kernel structs at byte offsets the
+//! agent computes from `/sys/kernel/btf/vmlinux` and hands over in [`Offsets`] (a read-only
+//! global, so the verifier sees constants).
+
+/// Event kind in [`Event::kind`]: a successful `listen()`.
+pub const EVENT_LISTEN: u32 = 1;
+/// Event kind in [`Event::kind`]: a TCP listener went LISTEN → CLOSE.
+pub const EVENT_CLOSE: u32 = 2;
+
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// Index into the `STATS` per-CPU array: `sys_enter_listen` hits.
+pub const STAT_LISTEN_ENTER: u32 = 0;
+/// `listen()` calls that returned 0 and whose socket was resolved.
+pub const STAT_LISTEN_OK: u32 = 1;
+/// `listen()` calls that succeeded but whose `struct sock` could not be read (fd table walk failed).
+pub const STAT_LISTEN_RESOLVE_FAIL: u32 = 2;
+/// TCP listeners closed (LISTEN → CLOSE).
+pub const STAT_CLOSE: u32 = 3;
+/// Final-ACK-phase accept-queue overflows seen in `kfree_skb` (drop reason TCP_LISTEN_OVERFLOW).
+pub const STAT_ACK_OVERFLOW: u32 = 4;
+/// SYN-phase accept-queue overflows (fentry tier only).
+pub const STAT_SYN_OVERFLOW: u32 = 5;
+/// Overflows whose listener could not be attributed (no `rx_sk`, map full).
+pub const STAT_OVERFLOW_UNATTRIBUTED: u32 = 6;
+/// Ring-buffer events dropped because the ring was full.
+pub const STAT_EVENTS_LOST: u32 = 7;
+/// Number of slots in the `STATS` array.
+pub const STAT_COUNT: u32 = 8;
+
+/// Identity of one listening socket: network namespace + local address/port.
+///
+/// The netns is identified by its cookie (`net->net_cookie`, the value `SO_NETNS_COOKIE`
+/// returns; never reused during a boot) and its inode number (what `/proc/<pid>/ns/net`
+/// shows; reused quickly after a netns dies, so never used alone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    /// `net->net_cookie`.
+    pub netns_cookie: u64,
+    /// `net->ns.inum`.
+    pub netns_inum: u32,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Local port, host byte order.
+    pub port: u16,
+    /// Local address as the kernel stores it (network order). IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// What the kernel program recorded about one successful `listen()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenInfo {
+    /// Listener identity.
+    pub key: ListenerKey,
+    /// `bpf_ktime_get_ns()` at the syscall's exit.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// Thread-group id (the "pid" userspace sees).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Backlog argument the process passed to `listen()` (as the syscall saw it: an `int`).
+    pub requested_backlog: i32,
+    /// `sk->sk_max_ack_backlog` after the call: min(requested, somaxconn) as the kernel computed it.
+    pub effective_backlog: u32,
+    /// `net->core.sysctl_somaxconn` of the socket's netns at the time of the call.
+    pub somaxconn: i32,
+    /// 0 for a successful call (failed calls are not recorded).
+    pub ret: i32,
+    /// `comm` of the calling task (NUL padded).
+    pub comm: [u8; 16],
+}
+
+/// Ring-buffer record sent to the agent for each listen and each listener close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// [`EVENT_LISTEN`] or [`EVENT_CLOSE`].
+    pub kind: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// For a close event only `info.key`, `ts_ns`, `pid`, `tid`, `comm`, `cgroup_id` are set.
+    pub info: ListenInfo,
+}
+
+/// Per-listener overflow counters (value of the per-CPU `OVERFLOWS` map; sum over CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverflowCounts {
+    /// Final-ACK-phase overflows (`kfree_skb`, reason TCP_LISTEN_OVERFLOW).
+    pub ack_phase: u64,
+    /// SYN-phase overflows (fentry tier only; 0 on tracepoint-only kernels).
+    pub syn_phase: u64,
+}
+
+/// `listen()` arguments parked between `sys_enter_listen` and `sys_exit_listen` (keyed by pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingListen {
+    /// File descriptor passed to `listen()`.
+    pub fd: i64,
+    /// Backlog passed to `listen()`.
+    pub backlog: i64,
+}
+
+/// Byte offsets the kernel programs need, computed by the agent from kernel BTF (struct
+/// fields) and tracefs `format` files (tracepoint fields). Passed as the read-only global
+/// `OFFSETS`; `valid == 1` once filled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd`.
+    pub fdtable_fd: u32,
+    /// `fdtable.max_fds`.
+    pub fdtable_max_fds: u32,
+    /// `file.private_data`.
+    pub file_private_data: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family`.
+    pub sk_family: u32,
+    /// `sock.__sk_common.skc_num`.
+    pub sk_num: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`.
+    pub sk_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`.
+    pub sk_v6_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_net` (a `possible_net_t` whose first member is `struct net *`).
+    pub sk_net: u32,
+    /// `sock.sk_max_ack_backlog`.
+    pub sk_max_ack_backlog: u32,
+    /// `sock.sk_ack_backlog`.
+    pub sk_ack_backlog: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `net.net_cookie`.
+    pub net_cookie: u32,
+    /// `net.core.sysctl_somaxconn`.
+    pub net_somaxconn: u32,
+    /// `syscalls:sys_enter_listen` field `fd`.
+    pub tp_enter_listen_fd: u32,
+    /// `syscalls:sys_enter_listen` field `backlog`.
+    pub tp_enter_listen_backlog: u32,
+    /// `syscalls:sys_exit_listen` field `ret`.
+    pub tp_exit_listen_ret: u32,
+    /// `sock:inet_sock_set_state` field `skaddr`.
+    pub tp_set_state_skaddr: u32,
+    /// `sock:inet_sock_set_state` field `oldstate`.
+    pub tp_set_state_oldstate: u32,
+    /// `sock:inet_sock_set_state` field `newstate`.
+    pub tp_set_state_newstate: u32,
+    /// `sock:inet_sock_set_state` field `protocol`.
+    pub tp_set_state_protocol: u32,
+    /// Numeric value of `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`.
+    pub listen_overflow_reason: u32,
+    /// 1 when the agent filled this in.
+    pub valid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all types are #[repr(C)], Copy, contain only integers and byte arrays, and have
+    // no implicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::ListenInfo {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::OverflowCounts {}
+    unsafe impl aya::Pod for super::PendingListen {}
+    unsafe impl aya::Pod for super::Offsets {}
+}
+
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 32);
+const _: () = assert!(core::mem::size_of::<ListenInfo>() == 32 + 8 + 8 + 4 * 6 + 16);
+const _: () = assert!(core::mem::size_of::<Event>() == 8 + core::mem::size_of::<ListenInfo>());
+const _: () = assert!(core::mem::size_of::<Offsets>() == 26 * 4);

@@ -1,0 +1,381 @@
+//! Loading and attaching kubetune's kernel programs, with per-hook tier detection.
+//!
+//! [`Probe::load`] computes offsets (BTF + tracefs), loads the embedded object
+//! ([`PROBE_OBJECT`]), and tries each hook. The resulting [`Tier`]:
+//!
+//! * [`Tier::EbpfFentry`]: listen tracepoints + `tp_btf/kfree_skb` + `fentry/tcp_conn_request`
+//!   (SYN-phase overflows counted in-kernel). **Not available on this project's CI machines**
+//!   (BTF trampolines are refused with EPERM there), so this tier is untested.
+//! * [`Tier::EbpfTracepoint`]: listen tracepoints (requested backlog etc.) + `tp_btf/kfree_skb`
+//!   (final-ACK-phase overflows). SYN-phase overflows come from the listener's `sk_drops`
+//!   (sock_diag). This is the tier tested in CI.
+//! * [`Tier::SockDiag`]: no eBPF at all (the agent's fallback mode; never returned by
+//!   `Probe::load`, which errors instead).
+
+pub mod offsets;
+
+use std::collections::HashMap;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, FEntry, TracePoint},
+    Btf, Ebpf, EbpfLoader,
+};
+use kubetune_probe_common::{
+    Event, ListenInfo, ListenerKey, OverflowCounts, STAT_ACK_OVERFLOW, STAT_CLOSE, STAT_COUNT,
+    STAT_EVENTS_LOST, STAT_LISTEN_ENTER, STAT_LISTEN_OK, STAT_LISTEN_RESOLVE_FAIL,
+    STAT_OVERFLOW_UNATTRIBUTED, STAT_SYN_OVERFLOW,
+};
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+/// The eBPF object built by `build.rs` (empty when the eBPF build was impossible; see
+/// [`PROBE_BUILD_ERROR`]).
+pub static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kubetune-probe"));
+
+/// Why the eBPF object could not be built (empty string when it was).
+pub const PROBE_BUILD_ERROR: &str = env!("KUBETUNE_PROBE_BUILD_ERROR");
+
+/// Which observation tier is producing the numbers. `as_str` values are what
+/// `ListenerReportSpec.source` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Tier {
+    /// eBPF with fentry (SYN- and ACK-phase overflows counted in-kernel).
+    EbpfFentry,
+    /// eBPF with tracepoints only (ACK-phase in-kernel, SYN-phase from `sk_drops`).
+    EbpfTracepoint,
+    /// No eBPF: sock_diag + procfs.
+    SockDiag,
+}
+
+impl Tier {
+    /// Stable name: `ebpf-fentry`, `ebpf-tracepoint` or `sock-diag`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::EbpfFentry => "ebpf-fentry",
+            Tier::EbpfTracepoint => "ebpf-tracepoint",
+            Tier::SockDiag => "sock-diag",
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors loading the probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The agent was built without the eBPF object.
+    #[error("eBPF object not built: {0}")]
+    NotBuilt(String),
+    /// tracefs is not mounted.
+    #[error("tracefs not found at /sys/kernel/tracing or /sys/kernel/debug/tracing (mount -t tracefs nodev /sys/kernel/tracing)")]
+    NoTracefs,
+    /// Offsets could not be computed.
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetError),
+    /// aya failed to load the object.
+    #[error("loading eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A required hook could not be attached.
+    #[error("required hook {hook}: {msg}")]
+    Hook {
+        /// Hook name.
+        hook: &'static str,
+        /// Error text.
+        msg: String,
+    },
+    /// Reading a map failed.
+    #[error("map {map}: {msg}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Error text.
+        msg: String,
+    },
+}
+
+/// Whether one hook attached.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookStatus {
+    /// e.g. `tracepoint/syscalls/sys_enter_listen`.
+    pub hook: &'static str,
+    /// Attached and running.
+    pub attached: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
+}
+
+/// Program health counters (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ProbeStats {
+    /// `listen()` entries seen.
+    pub listen_calls: u64,
+    /// Successful `listen()`s recorded.
+    pub listens_recorded: u64,
+    /// Successful `listen()`s whose socket could not be resolved.
+    pub listen_resolve_failures: u64,
+    /// Listener closes.
+    pub closes: u64,
+    /// Final-ACK-phase overflows.
+    pub ack_phase_overflows: u64,
+    /// SYN-phase overflows (fentry tier).
+    pub syn_phase_overflows: u64,
+    /// Overflows not attributed to a listener.
+    pub unattributed_overflows: u64,
+    /// Ring-buffer events lost.
+    pub events_lost: u64,
+}
+
+/// The loaded and attached kernel programs. Dropping it detaches and unloads everything.
+pub struct Probe {
+    ebpf: Ebpf,
+    tier: Tier,
+    hooks: Vec<HookStatus>,
+    events: Option<RingBuf<MapData>>,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe")
+            .field("tier", &self.tier)
+            .field("hooks", &self.hooks)
+            .finish()
+    }
+}
+
+const HOOK_ENTER: &str = "tracepoint/syscalls/sys_enter_listen";
+const HOOK_EXIT: &str = "tracepoint/syscalls/sys_exit_listen";
+const HOOK_STATE: &str = "tracepoint/sock/inet_sock_set_state";
+const HOOK_KFREE: &str = "tp_btf/kfree_skb";
+const HOOK_FENTRY: &str = "fentry/tcp_conn_request";
+
+impl Probe {
+    /// Loads the programs and attaches every hook the kernel allows.
+    ///
+    /// Required: the two `listen()` syscall tracepoints and `tp_btf/kfree_skb` (without them the
+    /// eBPF tier adds nothing over sock_diag, so an error is returned and the caller falls back).
+    /// Optional: `inet_sock_set_state` (listener close) and `fentry/tcp_conn_request` (SYN-phase
+    /// overflows; its success selects [`Tier::EbpfFentry`]).
+    pub fn load() -> Result<Probe, ProbeError> {
+        if PROBE_OBJECT.is_empty() {
+            return Err(ProbeError::NotBuilt(PROBE_BUILD_ERROR.to_string()));
+        }
+        let tracefs = offsets::tracefs_root().ok_or(ProbeError::NoTracefs)?;
+        let kbtf = offsets::KernelBtf::load()?;
+        let offs = offsets::compute(&kbtf, &tracefs)?;
+        debug!(?offs, "kernel offsets");
+        if kbtf.btf_tracepoint_args("kfree_skb")? < 4 {
+            return Err(ProbeError::Hook {
+                hook: HOOK_KFREE,
+                msg: "this kernel's kfree_skb tracepoint has no rx_sk argument (needs >= 6.11)"
+                    .into(),
+            });
+        }
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Hook {
+            hook: HOOK_KFREE,
+            msg: format!("aya BTF: {e}"),
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("OFFSETS", &offs, true)
+            .load(PROBE_OBJECT)?;
+
+        let mut hooks = Vec::new();
+        let mut attach_tp =
+            |ebpf: &mut Ebpf, prog: &str, hook: &'static str, cat: &str, name: &str| {
+                let r: Result<(), String> = (|| {
+                    let p: &mut TracePoint = ebpf
+                        .program_mut(prog)
+                        .ok_or("program missing from object")?
+                        .try_into()
+                        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                    p.load().map_err(|e| format!("load: {e}"))?;
+                    p.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
+                    Ok(())
+                })();
+                hooks.push(HookStatus {
+                    hook,
+                    attached: r.is_ok(),
+                    error: r.err(),
+                });
+            };
+        attach_tp(
+            &mut ebpf,
+            "kt_enter_listen",
+            HOOK_ENTER,
+            "syscalls",
+            "sys_enter_listen",
+        );
+        attach_tp(
+            &mut ebpf,
+            "kt_exit_listen",
+            HOOK_EXIT,
+            "syscalls",
+            "sys_exit_listen",
+        );
+        attach_tp(
+            &mut ebpf,
+            "kt_sock_set_state",
+            HOOK_STATE,
+            "sock",
+            "inet_sock_set_state",
+        );
+
+        let r: Result<(), String> = (|| {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut("kt_kfree_skb")
+                .ok_or("program missing from object")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            p.load("kfree_skb", &btf)
+                .map_err(|e| format!("load: {e}"))?;
+            p.attach().map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        })();
+        hooks.push(HookStatus {
+            hook: HOOK_KFREE,
+            attached: r.is_ok(),
+            error: r.err(),
+        });
+
+        let r: Result<(), String> = (|| {
+            let p: &mut FEntry = ebpf
+                .program_mut("kt_tcp_conn_request")
+                .ok_or("program missing from object")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            p.load("tcp_conn_request", &btf)
+                .map_err(|e| format!("load: {e:#}"))?;
+            p.attach().map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        })();
+        let fentry_ok = r.is_ok();
+        hooks.push(HookStatus {
+            hook: HOOK_FENTRY,
+            attached: fentry_ok,
+            error: r.err(),
+        });
+
+        for h in &hooks {
+            match &h.error {
+                None => info!(hook = h.hook, "attached"),
+                Some(e) => warn!(hook = h.hook, error = %e, "not attached"),
+            }
+        }
+        for required in [HOOK_ENTER, HOOK_EXIT, HOOK_KFREE] {
+            if let Some(h) = hooks.iter().find(|h| h.hook == required && !h.attached) {
+                return Err(ProbeError::Hook {
+                    hook: required,
+                    msg: h.error.clone().unwrap_or_default(),
+                });
+            }
+        }
+        let tier = if fentry_ok {
+            Tier::EbpfFentry
+        } else {
+            Tier::EbpfTracepoint
+        };
+        let events = ebpf.take_map("EVENTS").and_then(|m| {
+            RingBuf::try_from(m)
+                .map_err(|e| warn!(error = %e, "EVENTS ring buffer"))
+                .ok()
+        });
+        info!(tier = tier.as_str(), "probe loaded");
+        Ok(Probe {
+            ebpf,
+            tier,
+            hooks,
+            events,
+        })
+    }
+
+    /// Active tier ([`Tier::EbpfFentry`] or [`Tier::EbpfTracepoint`]).
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Per-hook attach results.
+    pub fn hooks(&self) -> &[HookStatus] {
+        &self.hooks
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, ProbeError> {
+        self.ebpf.map(name).ok_or(ProbeError::Map {
+            map: name,
+            msg: "missing".into(),
+        })
+    }
+
+    /// Last `listen()` recorded per listener (since the probe was loaded).
+    pub fn listeners(&self) -> Result<HashMap<ListenerKey, ListenInfo>, ProbeError> {
+        let m: BpfHashMap<_, ListenerKey, ListenInfo> =
+            BpfHashMap::try_from(self.map("LISTENERS")?).map_err(|e| map_err("LISTENERS", e))?;
+        Ok(m.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Overflow counters per listener, summed over CPUs (since the probe was loaded, reset when
+    /// a listener with the same identity calls `listen()`, dropped when it closes).
+    pub fn overflows(&self) -> Result<HashMap<ListenerKey, OverflowCounts>, ProbeError> {
+        let m: PerCpuHashMap<_, ListenerKey, OverflowCounts> =
+            PerCpuHashMap::try_from(self.map("OVERFLOWS")?).map_err(|e| map_err("OVERFLOWS", e))?;
+        let mut out = HashMap::new();
+        for (k, per_cpu) in m.iter().filter_map(Result::ok) {
+            let mut sum = OverflowCounts::default();
+            for v in per_cpu.iter() {
+                sum.ack_phase += v.ack_phase;
+                sum.syn_phase += v.syn_phase;
+            }
+            out.insert(k, sum);
+        }
+        Ok(out)
+    }
+
+    /// Program health counters.
+    pub fn stats(&self) -> Result<ProbeStats, ProbeError> {
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map("STATS")?).map_err(|e| map_err("STATS", e))?;
+        let mut v = [0u64; STAT_COUNT as usize];
+        for (i, slot) in v.iter_mut().enumerate() {
+            if let Ok(per_cpu) = m.get(&(i as u32), 0) {
+                *slot = per_cpu.iter().sum();
+            }
+        }
+        Ok(ProbeStats {
+            listen_calls: v[STAT_LISTEN_ENTER as usize],
+            listens_recorded: v[STAT_LISTEN_OK as usize],
+            listen_resolve_failures: v[STAT_LISTEN_RESOLVE_FAIL as usize],
+            closes: v[STAT_CLOSE as usize],
+            ack_phase_overflows: v[STAT_ACK_OVERFLOW as usize],
+            syn_phase_overflows: v[STAT_SYN_OVERFLOW as usize],
+            unattributed_overflows: v[STAT_OVERFLOW_UNATTRIBUTED as usize],
+            events_lost: v[STAT_EVENTS_LOST as usize],
+        })
+    }
+
+    /// Takes every pending listen/close event out of the ring buffer.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                if item.len() >= std::mem::size_of::<Event>() {
+                    // SAFETY: the kernel wrote an `Event` (repr(C), Pod); unaligned read.
+                    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                    out.push(ev);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn map_err(map: &'static str, e: aya::maps::MapError) -> ProbeError {
+    ProbeError::Map {
+        map,
+        msg: e.to_string(),
+    }
+}

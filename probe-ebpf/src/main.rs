@@ -1,0 +1,393 @@
+//! kubetune kernel programs.
+//!
+//! Tiers (the agent detects per hook at load time which ones the kernel accepts):
+//!
+//! * **tracepoint tier** (works on kernels that only allow tracepoints, e.g. this project's CI):
+//!   - `tracepoint/syscalls/sys_enter_listen` + `sys_exit_listen`: every successful `listen()`
+//!     with pid, comm, cgroup id, netns identity, address family, local address/port, the
+//!     requested backlog, the effective `sk_max_ack_backlog` and the netns's `somaxconn`.
+//!     Misses io_uring `IORING_OP_LISTEN` (no syscall).
+//!   - `tp_btf/kfree_skb`: final-ACK-phase accept-queue overflows (drop reason
+//!     `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`, numeric value supplied by the agent from BTF),
+//!     counted per listener in the per-CPU hash `OVERFLOWS` — no per-packet userspace work.
+//!   - `tracepoint/sock/inet_sock_set_state`: listener close (LISTEN → CLOSE).
+//! * **fentry tier** (`fentry/tcp_conn_request`): counts SYN-phase overflows (the SYN arrives
+//!   while the accept queue is full; the kernel drops it without a drop reason, so no
+//!   tracepoint can see it). **Not runnable on the development/CI machines** (BTF trampolines
+//!   are refused with EPERM there); it is loaded opportunistically and, when refused, the agent
+//!   takes SYN-phase overflows from the listener's `sk_drops` (sock_diag) instead. It is
+//!   compiled and verified-by-the-kernel only where a kernel accepts it; it was not exercised
+//!   by this project's tests.
+//!
+//! No CO-RE: every struct field is read with `bpf_probe_read_kernel` at offsets from the
+//! read-only global [`OFFSETS`], which the agent fills in from `/sys/kernel/btf/vmlinux`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        helpers::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+            bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        },
+        macros::{btf_tracepoint, fentry, map, tracepoint},
+        maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+        programs::{BtfTracePointContext, FEntryContext, TracePointContext},
+    };
+    use kubetune_probe_common::{
+        Event, ListenInfo, ListenerKey, Offsets, OverflowCounts, PendingListen, AF_INET, AF_INET6,
+        EVENT_CLOSE, EVENT_LISTEN, STAT_ACK_OVERFLOW, STAT_CLOSE, STAT_EVENTS_LOST,
+        STAT_LISTEN_ENTER, STAT_LISTEN_OK, STAT_LISTEN_RESOLVE_FAIL, STAT_OVERFLOW_UNATTRIBUTED,
+        STAT_SYN_OVERFLOW,
+    };
+
+    /// Offsets from the agent (BTF + tracefs). Read-only: the verifier sees constants.
+    #[unsafe(no_mangle)]
+    static OFFSETS: Offsets = Offsets {
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_fd: 0,
+        fdtable_max_fds: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        sk_family: 0,
+        sk_num: 0,
+        sk_rcv_saddr: 0,
+        sk_v6_rcv_saddr: 0,
+        sk_net: 0,
+        sk_max_ack_backlog: 0,
+        sk_ack_backlog: 0,
+        net_inum: 0,
+        net_cookie: 0,
+        net_somaxconn: 0,
+        tp_enter_listen_fd: 0,
+        tp_enter_listen_backlog: 0,
+        tp_exit_listen_ret: 0,
+        tp_set_state_skaddr: 0,
+        tp_set_state_oldstate: 0,
+        tp_set_state_newstate: 0,
+        tp_set_state_protocol: 0,
+        listen_overflow_reason: 0,
+        valid: 0,
+        _pad: 0,
+    };
+
+    const TCP_LISTEN: i32 = 10;
+    const TCP_CLOSE: i32 = 7;
+    const IPPROTO_TCP: u16 = 6;
+
+    /// listen() arguments between syscall entry and exit, per thread.
+    #[map]
+    static PENDING: HashMap<u64, PendingListen> = HashMap::with_max_entries(4096, 0);
+
+    /// Last listen() seen per listener (bounded LRU: a node with more live listeners than
+    /// this loses the requested backlog of the least recently listened ones).
+    #[map]
+    static LISTENERS: LruHashMap<ListenerKey, ListenInfo> = LruHashMap::with_max_entries(16384, 0);
+
+    /// Accept-queue overflows per listener, per CPU (the agent sums over CPUs).
+    #[map]
+    static OVERFLOWS: PerCpuHashMap<ListenerKey, OverflowCounts> =
+        PerCpuHashMap::with_max_entries(16384, 0);
+
+    /// Program health counters (indices `STAT_*`).
+    #[map]
+    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+
+    /// listen / close events for the agent (one record per syscall, not per packet).
+    #[map]
+    static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+    #[inline(always)]
+    fn offsets() -> Offsets {
+        // SAFETY: plain read of a global; volatile so the compiler does not fold the zeros above.
+        unsafe { core::ptr::read_volatile(&OFFSETS) }
+    }
+
+    #[inline(always)]
+    fn bump(idx: u32) {
+        if let Some(p) = STATS.get_ptr_mut(idx) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *p += 1 };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn read<T>(base: *const u8, off: u32) -> Result<T, i32> {
+        unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T) }
+    }
+
+    /// Reads the listener identity of `sk` (a `struct sock *`).
+    #[inline(always)]
+    unsafe fn listener_key(o: &Offsets, sk: *const u8) -> Result<ListenerKey, i32> {
+        unsafe {
+            let family: u16 = read(sk, o.sk_family)?;
+            let port: u16 = read(sk, o.sk_num)?;
+            let net: *const u8 = read(sk, o.sk_net)?;
+            let mut key = ListenerKey {
+                netns_cookie: read(net, o.net_cookie)?,
+                netns_inum: read(net, o.net_inum)?,
+                family,
+                port,
+                addr: [0; 16],
+            };
+            if family == AF_INET {
+                let a: [u8; 4] = read(sk, o.sk_rcv_saddr)?;
+                key.addr[0] = a[0];
+                key.addr[1] = a[1];
+                key.addr[2] = a[2];
+                key.addr[3] = a[3];
+            } else if family == AF_INET6 {
+                key.addr = read(sk, o.sk_v6_rcv_saddr)?;
+            }
+            Ok(key)
+        }
+    }
+
+    #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
+    pub fn kt_enter_listen(ctx: TracePointContext) -> u32 {
+        let o = offsets();
+        if o.valid != 1 {
+            return 0;
+        }
+        bump(STAT_LISTEN_ENTER);
+        // SAFETY: offsets come from the tracepoint's format file.
+        let (fd, backlog) = unsafe {
+            (
+                ctx.read_at::<i64>(o.tp_enter_listen_fd as usize),
+                ctx.read_at::<i64>(o.tp_enter_listen_backlog as usize),
+            )
+        };
+        if let (Ok(fd), Ok(backlog)) = (fd, backlog) {
+            let id = bpf_get_current_pid_tgid();
+            let _ = PENDING.insert(id, PendingListen { fd, backlog }, 0);
+        }
+        0
+    }
+
+    #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
+    pub fn kt_exit_listen(ctx: TracePointContext) -> u32 {
+        let o = offsets();
+        if o.valid != 1 {
+            return 0;
+        }
+        let id = bpf_get_current_pid_tgid();
+        // SAFETY: value copied out before the entry is removed.
+        let pending = match unsafe { PENDING.get(id) } {
+            Some(p) => *p,
+            None => return 0,
+        };
+        let _ = PENDING.remove(id);
+        // SAFETY: offset from the tracepoint's format file.
+        let ret: i64 = match unsafe { ctx.read_at::<i64>(o.tp_exit_listen_ret as usize) } {
+            Ok(r) => r,
+            Err(_) => return 0,
+        };
+        if ret != 0 {
+            return 0;
+        }
+        // SAFETY: kernel pointers are only dereferenced through bpf_probe_read_kernel.
+        match unsafe { resolve_listen(&o, pending, id) } {
+            Ok(()) => bump(STAT_LISTEN_OK),
+            Err(_) => bump(STAT_LISTEN_RESOLVE_FAIL),
+        }
+        0
+    }
+
+    /// fd → `struct file` → `struct socket` → `struct sock`, then record the listener.
+    #[inline(always)]
+    unsafe fn resolve_listen(o: &Offsets, pending: PendingListen, id: u64) -> Result<(), i32> {
+        unsafe {
+            if pending.fd < 0 || pending.fd > 1 << 20 {
+                return Err(-1);
+            }
+            let task = bpf_get_current_task() as *const u8;
+            let files: *const u8 = read(task, o.task_files)?;
+            let fdt: *const u8 = read(files, o.files_fdt)?;
+            let max_fds: u32 = read(fdt, o.fdtable_max_fds)?;
+            if pending.fd as u64 >= max_fds as u64 {
+                return Err(-1);
+            }
+            let fd_array: *const u8 = read(fdt, o.fdtable_fd)?;
+            let file: *const u8 = read(fd_array, (pending.fd as u32) * 8)?;
+            let socket: *const u8 = read(file, o.file_private_data)?;
+            let sk: *const u8 = read(socket, o.socket_sk)?;
+            let key = listener_key(o, sk)?;
+            let net: *const u8 = read(sk, o.sk_net)?;
+            let info = ListenInfo {
+                key,
+                ts_ns: bpf_ktime_get_ns(),
+                cgroup_id: bpf_get_current_cgroup_id(),
+                pid: (id >> 32) as u32,
+                tid: id as u32,
+                requested_backlog: pending.backlog as i32,
+                effective_backlog: read(sk, o.sk_max_ack_backlog)?,
+                somaxconn: read(net, o.net_somaxconn)?,
+                ret: 0,
+                comm: bpf_get_current_comm().unwrap_or([0; 16]),
+            };
+            let _ = LISTENERS.insert(key, info, 0);
+            // A new listener starts with fresh overflow counters.
+            let _ = OVERFLOWS.remove(key);
+            emit(EVENT_LISTEN, info);
+            Ok(())
+        }
+    }
+
+    #[inline(always)]
+    fn emit(kind: u32, info: ListenInfo) {
+        if EVENTS
+            .output::<Event>(
+                Event {
+                    kind,
+                    _pad: 0,
+                    info,
+                },
+                0,
+            )
+            .is_err()
+        {
+            bump(STAT_EVENTS_LOST);
+        }
+    }
+
+    #[tracepoint(category = "sock", name = "inet_sock_set_state")]
+    pub fn kt_sock_set_state(ctx: TracePointContext) -> u32 {
+        let o = offsets();
+        if o.valid != 1 {
+            return 0;
+        }
+        // SAFETY: offsets come from the tracepoint's format file; sk read via probe_read.
+        unsafe {
+            let proto: u16 = match ctx.read_at(o.tp_set_state_protocol as usize) {
+                Ok(p) => p,
+                Err(_) => return 0,
+            };
+            let old: i32 = ctx.read_at(o.tp_set_state_oldstate as usize).unwrap_or(0);
+            let new: i32 = ctx.read_at(o.tp_set_state_newstate as usize).unwrap_or(0);
+            if proto != IPPROTO_TCP || old != TCP_LISTEN || new != TCP_CLOSE {
+                return 0;
+            }
+            let sk: *const u8 = match ctx.read_at(o.tp_set_state_skaddr as usize) {
+                Ok(p) => p,
+                Err(_) => return 0,
+            };
+            let key = match listener_key(&o, sk) {
+                Ok(k) => k,
+                Err(_) => return 0,
+            };
+            bump(STAT_CLOSE);
+            let _ = LISTENERS.remove(key);
+            let _ = OVERFLOWS.remove(key);
+            let id = bpf_get_current_pid_tgid();
+            emit(
+                EVENT_CLOSE,
+                ListenInfo {
+                    key,
+                    ts_ns: bpf_ktime_get_ns(),
+                    cgroup_id: bpf_get_current_cgroup_id(),
+                    pid: (id >> 32) as u32,
+                    tid: id as u32,
+                    comm: bpf_get_current_comm().unwrap_or([0; 16]),
+                    ..ListenInfo::default()
+                },
+            );
+        }
+        0
+    }
+
+    #[inline(always)]
+    fn count_overflow(key: ListenerKey, ack: u64, syn: u64) {
+        if let Some(p) = OVERFLOWS.get_ptr_mut(key) {
+            // SAFETY: per-CPU value, only this CPU writes it.
+            unsafe {
+                (*p).ack_phase += ack;
+                (*p).syn_phase += syn;
+            }
+        } else if OVERFLOWS
+            .insert(
+                key,
+                OverflowCounts {
+                    ack_phase: ack,
+                    syn_phase: syn,
+                },
+                0,
+            )
+            .is_err()
+        {
+            bump(STAT_OVERFLOW_UNATTRIBUTED);
+        }
+    }
+
+    /// `kfree_skb(skb, location, reason, rx_sk)`: final-ACK-phase accept-queue overflow.
+    #[btf_tracepoint(function = "kfree_skb")]
+    pub fn kt_kfree_skb(ctx: BtfTracePointContext) -> u32 {
+        let o = offsets();
+        if o.valid != 1 {
+            return 0;
+        }
+        let reason: u64 = ctx.arg(2);
+        if reason as u32 != o.listen_overflow_reason || o.listen_overflow_reason == 0 {
+            return 0;
+        }
+        bump(STAT_ACK_OVERFLOW);
+        let sk: *const u8 = ctx.arg(3);
+        if sk.is_null() {
+            bump(STAT_OVERFLOW_UNATTRIBUTED);
+            return 0;
+        }
+        // SAFETY: rx_sk read through bpf_probe_read_kernel only.
+        match unsafe { listener_key(&o, sk) } {
+            Ok(key) => count_overflow(key, 1, 0),
+            Err(_) => bump(STAT_OVERFLOW_UNATTRIBUTED),
+        }
+        0
+    }
+
+    /// `tcp_conn_request(rsk_ops, af_ops, sk, skb)`: a SYN for listener `sk`. When the accept
+    /// queue is already full (`sk_ack_backlog > sk_max_ack_backlog`, the kernel's
+    /// `sk_acceptq_is_full`) the kernel drops the SYN and counts ListenOverflows.
+    ///
+    /// fentry tier only: refused (EPERM) on kernels that forbid BTF trampolines, including this
+    /// project's CI machines, so it is untested there.
+    #[fentry(function = "tcp_conn_request")]
+    pub fn kt_tcp_conn_request(ctx: FEntryContext) -> u32 {
+        let o = offsets();
+        if o.valid != 1 {
+            return 0;
+        }
+        let sk: *const u8 = ctx.arg(2);
+        // SAFETY: reads through bpf_probe_read_kernel only.
+        unsafe {
+            let ack: u32 = match read(sk, o.sk_ack_backlog) {
+                Ok(v) => v,
+                Err(_) => return 0,
+            };
+            let max: u32 = match read(sk, o.sk_max_ack_backlog) {
+                Ok(v) => v,
+                Err(_) => return 0,
+            };
+            if ack > max {
+                bump(STAT_SYN_OVERFLOW);
+                if let Ok(key) = listener_key(&o, sk) {
+                    count_overflow(key, 0, 1);
+                }
+            }
+        }
+        0
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 4] = *b"GPL\0";
+}
+
+/// On the host this binary is empty: the programs only exist for `target_arch = "bpf"`.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
