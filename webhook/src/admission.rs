@@ -157,36 +157,121 @@ fn decode(
     }
 }
 
-/// `/mutate`: plan and patch a pod.
-pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Reviewed, NotJson> {
-    let req = match decode(body)? {
+/// The parts of an AdmissionReview v1 request `/mutate` reads, decoded in one pass (the object
+/// stays raw until we know it is a pod we care about).
+#[derive(serde::Deserialize)]
+struct WireReview<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
+    #[serde(borrow)]
+    request: Option<WireRequest<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireRequest<'a> {
+    uid: String,
+    kind: WireGvk,
+    namespace: Option<String>,
+    operation: String,
+    #[serde(borrow)]
+    object: Option<&'a serde_json::value::RawValue>,
+    #[serde(rename = "dryRun", default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireGvk {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
+
+fn wire_response(uid: &str, patch: Option<&json_patch::Patch>, warning: Option<String>) -> Value {
+    use base64::Engine;
+    let mut resp = serde_json::json!({"uid": uid, "allowed": true});
+    if let Some(p) = patch {
+        let bytes = serde_json::to_vec(p).unwrap_or_default();
+        resp["patchType"] = Value::from("JSONPatch");
+        resp["patch"] = Value::from(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    if let Some(w) = warning {
+        resp["warnings"] = serde_json::json!([format!("kubetune: {w}")]);
+    }
+    serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp})
+}
+
+/// The answer of `/mutate`, ready for the wire.
+#[derive(Debug)]
+pub struct MutateAnswer {
+    /// The AdmissionReview (v1) to send back, `response.patch` base64-encoded.
+    pub review: Value,
+    /// What happened.
+    pub outcome: ReviewOutcome,
+    /// Delivery kinds patched (for metrics): `securityContext`, `tuningCNI`.
+    pub delivered: Vec<&'static str>,
+}
+
+fn mutate_malformed(uid: &str, why: String) -> MutateAnswer {
+    tracing::warn!(uid, warning = %why, "malformed admission review; allowed");
+    MutateAnswer {
+        review: wire_response(uid, None, Some(why)),
+        outcome: ReviewOutcome::Malformed,
+        delivered: vec![],
+    }
+}
+
+/// `/mutate`: plan and patch a pod. Always allows; see the module docs.
+pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer, NotJson> {
+    let review: WireReview<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err((uid, why)) => return Ok(allowed_with_warning(&uid, why)),
+        Err(e) => {
+            // Valid JSON of the wrong shape is answered in AdmissionReview form; non-JSON is a 400.
+            let v: Value = serde_json::from_slice(body)?;
+            let uid = v
+                .pointer("/request/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            return Ok(mutate_malformed(
+                &uid,
+                format!("malformed AdmissionReview: {e}"),
+            ));
+        }
     };
-    let skip = |outcome| Reviewed {
-        review: AdmissionResponse::from(&req).into_review(),
+    let Some(req) = review.request else {
+        return Ok(mutate_malformed(
+            "",
+            "AdmissionReview has no request".into(),
+        ));
+    };
+    if review.api_version.as_deref() != Some("admission.k8s.io/v1") {
+        return Ok(mutate_malformed(
+            &req.uid,
+            "expected an admission.k8s.io/v1 AdmissionReview".into(),
+        ));
+    }
+    let skip = |outcome| MutateAnswer {
+        review: wire_response(&req.uid, None, None),
         outcome,
         delivered: vec![],
     };
     if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
-        return Ok(allowed_with_warning(
+        return Ok(mutate_malformed(
             &req.uid,
             format!("/mutate handles Pods, not {}", req.kind.kind),
         ));
     }
-    if req.operation != Operation::Create {
+    if req.operation != "CREATE" {
         return Ok(skip(ReviewOutcome::Skipped));
     }
-    let Some(obj) = req.object.as_ref() else {
-        return Ok(allowed_with_warning(
-            &req.uid,
-            "review has no object".into(),
-        ));
+    let Some(raw) = req.object else {
+        return Ok(mutate_malformed(&req.uid, "review has no object".into()));
     };
-    let mut pod: Pod = match serde_json::to_value(obj).and_then(serde_json::from_value) {
+    let mut pod: Pod = match serde_json::from_str(raw.get()) {
         Ok(p) => p,
         Err(e) => {
-            return Ok(allowed_with_warning(
+            return Ok(mutate_malformed(
                 &req.uid,
                 format!("object is not a valid Pod: {e}"),
             ))
@@ -201,9 +286,12 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Reviewed, No
     if cfg.excluded_namespaces.contains(&namespace) {
         return Ok(skip(ReviewOutcome::Skipped));
     }
-    let flagged =
-        |m: &Option<BTreeMap<String, String>>, k: &str| m.as_ref().and_then(|m| m.get(k)).is_some();
-    if flagged(&pod.metadata.annotations, MIRROR_ANNOTATION) {
+    if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+    {
         return Ok(skip(ReviewOutcome::Skipped));
     }
     let opted_out = |m: &Option<BTreeMap<String, String>>| {
@@ -242,19 +330,13 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Reviewed, No
     if !p.tuning_cni.is_empty() {
         delivered.push("tuningCNI");
     }
-    tracing::info!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
-        summary = %p.decision.summary(), dry_run = req.dry_run, "patched pod");
-    match AdmissionResponse::from(&req).with_patch(patch) {
-        Ok(r) => Ok(Reviewed {
-            review: r.into_review(),
-            outcome: ReviewOutcome::Patched,
-            delivered,
-        }),
-        Err(e) => Ok(allowed_with_warning(
-            &req.uid,
-            format!("could not serialise patch: {e}"),
-        )),
-    }
+    tracing::debug!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
+        summary = %p.decision.summary(), dry_run = req.dry_run.unwrap_or(false), "patched pod");
+    Ok(MutateAnswer {
+        review: wire_response(&req.uid, Some(&patch), None),
+        outcome: ReviewOutcome::Patched,
+        delivered,
+    })
 }
 
 /// `/validate`: deny invalid TuningPolicies with every validation message.

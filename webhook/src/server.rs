@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use warp::http::StatusCode;
 use warp::Filter;
 
-use crate::admission::{self, Config, Reviewed, Snapshot};
+use crate::admission::{self, Config, Snapshot};
 use crate::metrics::{DeliveryLabels, Metrics};
 
 /// Where the handlers get their view of the cluster.
@@ -53,7 +53,7 @@ pub const MAX_BODY: u64 = 6 * 1024 * 1024;
 fn reply(
     state: &State,
     endpoint: &str,
-    result: Result<Reviewed, admission::NotJson>,
+    result: Result<admission::MutateAnswer, admission::NotJson>,
     started: Instant,
 ) -> warp::reply::Response {
     use warp::Reply;
@@ -70,7 +70,7 @@ fn reply(
                     })
                     .inc();
             }
-            warp::reply::json(&admission::to_wire(&r.review)).into_response()
+            warp::reply::json(&r.review).into_response()
         }
         Err(e) => {
             state.metrics.observe(endpoint, "bad_request", secs);
@@ -107,7 +107,11 @@ pub fn routes(
         .and(with_state.clone())
         .map(|body: Bytes, s: Arc<State>| {
             let t = Instant::now();
-            let r = admission::validate(&body);
+            let r = admission::validate(&body).map(|r| admission::MutateAnswer {
+                review: admission::to_wire(&r.review),
+                outcome: r.outcome,
+                delivered: r.delivered,
+            });
             reply(&s, "validate", r, t)
         });
     let healthz = warp::get()

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kubetune_webhook::admission::{mutate, to_wire, Config, Snapshot};
+use kubetune_webhook::admission::{mutate, Config, Snapshot};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -126,14 +126,14 @@ proptest! {
         let cfg = Config::new("kubetune-system", &[]);
         let pod0 = pod(p);
         let r = mutate(review(&pod0, "p").to_string().as_bytes(), &snap, &cfg).unwrap();
-        let wire = to_wire(&r.review);
+        let wire = &r.review;
         prop_assert_eq!(&wire["response"]["allowed"], &json!(true));
-        if let Some(patch) = patch_of(&wire) {
+        if let Some(patch) = patch_of(wire) {
             let mut doc = serde_json::to_value(&pod0).unwrap();
             json_patch::patch(&mut doc, &patch).map_err(|e| TestCaseError::fail(format!("patch does not apply: {e}")))?;
             let pod1: k8s_openapi::api::core::v1::Pod = serde_json::from_value(doc).unwrap();
             let r2 = mutate(review(&pod1, "p2").to_string().as_bytes(), &snap, &cfg).unwrap();
-            let wire2 = to_wire(&r2.review);
+            let wire2 = r2.review;
             prop_assert!(wire2["response"]["patch"].is_null(), "second invocation patched again: {}", wire2);
         }
     }
@@ -143,7 +143,7 @@ proptest! {
         let snap = Snapshot::default();
         let cfg = Config::new("kubetune-system", &[]);
         if let Ok(r) = mutate(&body, &snap, &cfg) {
-            prop_assert_eq!(&to_wire(&r.review)["response"]["allowed"], &json!(true));
+            prop_assert_eq!(&r.review["response"]["allowed"], &json!(true));
         }
     }
 
@@ -156,6 +156,6 @@ proptest! {
         }
         let snap = snapshot(vec![json!({"__name": "a", "preset": "IpvsIdleKeepalive"})], false);
         let r = mutate(v.to_string().as_bytes(), &snap, &Config::new("kt", &[])).unwrap();
-        prop_assert_eq!(&to_wire(&r.review)["response"]["allowed"], &json!(true));
+        prop_assert_eq!(&r.review["response"]["allowed"], &json!(true));
     }
 }
