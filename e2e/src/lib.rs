@@ -2,3 +2,4 @@
 
 pub mod kubelet;
 pub mod manifests;
+pub mod webhook_local;
