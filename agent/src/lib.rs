@@ -1,2 +1,26 @@
-//! kubetune-agent.
+//! kubetune node agent (library).
+//!
+//! * [`probe::Probe`]: loads/attaches the kernel programs and reports the active [`probe::Tier`].
+//! * [`scanner::Scanner`]: sweeps every network namespace and returns a [`scanner::Snapshot`]
+//!   (`Vec<NetnsObservation>`); [`scanner::NetnsObservation::to_report_spec`] converts one
+//!   netns into a `ListenerReportSpec`.
+//! * [`diagnose::diagnose`]: the pure per-listener diagnosis.
+//! * [`attribution::parse_pod_cgroup`]: pure cgroup-path → pod parsing.
+//! * [`netns`]: netns enumeration/setns plus test support (named netns "stand-in pods",
+//!   non-accepting listeners, bounded loopback bursts).
+//! * [`table`]: `scan` output; [`metrics`]: Prometheus; [`cluster`]: ListenerReport writer.
+
+pub mod attribution;
+pub mod cluster;
+pub mod diagnose;
+pub mod metrics;
+pub mod netns;
 pub mod probe;
+pub mod procfs;
+pub mod scanner;
+pub mod sockdiag;
+pub mod table;
+
+pub use diagnose::{diagnose, DiagnosisInput};
+pub use probe::{Probe, Tier};
+pub use scanner::{EbpfMode, NetnsObservation, Scanner, ScannerConfig, Snapshot};

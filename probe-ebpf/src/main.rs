@@ -70,7 +70,7 @@ mod programs {
         tp_set_state_protocol: 0,
         listen_overflow_reason: 0,
         valid: 0,
-        _pad: 0,
+        tp_set_state_sport: 0,
     };
 
     const TCP_LISTEN: i32 = 10;
@@ -273,10 +273,14 @@ mod programs {
                 Ok(p) => p,
                 Err(_) => return 0,
             };
-            let key = match listener_key(&o, sk) {
+            let mut key = match listener_key(&o, sk) {
                 Ok(k) => k,
                 Err(_) => return 0,
             };
+            // The port may already be released (skc_num = 0); the tracepoint copied it.
+            if let Ok(sport) = ctx.read_at::<u16>(o.tp_set_state_sport as usize) {
+                key.port = sport;
+            }
             bump(STAT_CLOSE);
             let _ = LISTENERS.remove(key);
             let _ = OVERFLOWS.remove(key);

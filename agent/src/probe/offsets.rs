@@ -63,7 +63,7 @@ pub fn parse_format_offset(text: &str, field: &str) -> Option<u32> {
         let decl = parts.next()?.trim();
         // Last identifier of the declaration, minus any array suffix.
         let ident = decl
-            .rsplit(|c: char| c == ' ' || c == '*')
+            .rsplit([' ', '*'])
             .next()
             .unwrap_or("")
             .split('[')
@@ -168,7 +168,7 @@ impl KernelBtf {
             bits += off;
             t = ty;
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(OffsetError::Missing(format!("{root}.{path} is a bitfield")));
         }
         Ok(bits / 8)
@@ -278,7 +278,7 @@ pub fn compute(btf: &KernelBtf, tracefs: &Path) -> Result<Offsets, OffsetError> 
         listen_overflow_reason: btf
             .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")?,
         valid: 1,
-        _pad: 0,
+        tp_set_state_sport: tracepoint_field(tracefs, "sock", "inet_sock_set_state", "sport")?,
     })
 }
 

@@ -172,8 +172,9 @@ pub struct Offsets {
     pub listen_overflow_reason: u32,
     /// 1 when the agent filled this in.
     pub valid: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `sock:inet_sock_set_state` field `sport` (host order; the socket's own `skc_num` may
+    /// already be 0 when a listener's LISTEN → CLOSE fires).
+    pub tp_set_state_sport: u32,
 }
 
 #[cfg(feature = "user")]

@@ -1,0 +1,515 @@
+//! Root-only tests against real network namespaces, real listeners and (when loadable) the real
+//! eBPF programs. Each test creates its own `kt-test-<pid>-...` namespaces and checks what the
+//! agent reports against `ss`/`nstat` run inside the same namespace.
+//!
+//! Without root every test prints a message and returns. As root, the eBPF tests fail when the
+//! probe cannot load, unless `KUBETUNE_SKIP_EBPF_TESTS=1`.
+
+use std::time::Duration;
+
+use kubetune_agent::diagnose::GENEROUS_BACKLOG;
+use kubetune_agent::netns::{self, AcceptMode, ListenerSpec, NamedNetns, NetnsId};
+use kubetune_agent::probe::{Probe, Tier};
+use kubetune_agent::scanner::{
+    EbpfMode, ListenerObservation, NetnsObservation, Scanner, ScannerConfig,
+};
+use kubetune_crds::report::{Diagnosis, LimitedBy};
+
+macro_rules! require_root {
+    () => {
+        if !netns::is_root() {
+            eprintln!(
+                "skipping {}: needs root (network namespaces)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+/// A scanner with the eBPF probe, or None when eBPF tests are explicitly skipped.
+fn ebpf_scanner() -> Option<Scanner> {
+    match Probe::load() {
+        Ok(p) => Some(Scanner::with_probe(Some(p), None, Duration::from_secs(60))),
+        Err(e) if std::env::var("KUBETUNE_SKIP_EBPF_TESTS").as_deref() == Ok("1") => {
+            eprintln!("skipping eBPF part: {e} (KUBETUNE_SKIP_EBPF_TESTS=1)");
+            None
+        }
+        Err(e) => panic!("eBPF probe must load as root on this kernel: {e} (set KUBETUNE_SKIP_EBPF_TESTS=1 to skip)"),
+    }
+}
+
+fn fallback_scanner() -> Scanner {
+    Scanner::new(ScannerConfig {
+        window: Duration::from_secs(60),
+        ebpf: EbpfMode::Off,
+    })
+}
+
+/// Scans only `ns` (through the normal enumeration) and returns its observation.
+fn scan_ns(sc: &mut Scanner, ns: &NamedNetns) -> NetnsObservation {
+    let ino = ns.inode().unwrap();
+    let refs: Vec<_> = netns::enumerate()
+        .into_iter()
+        .filter(|r| r.inode == ino)
+        .collect();
+    assert_eq!(refs.len(), 1, "netns {} enumerated", ns.name());
+    let snap = sc.scan_refs(refs);
+    assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+    snap.netns.into_iter().next().expect("observation")
+}
+
+fn listener(obs: &NetnsObservation, port: u16) -> &ListenerObservation {
+    obs.listeners
+        .iter()
+        .find(|l| l.port == port)
+        .unwrap_or_else(|| panic!("listener :{port} not reported: {obs:#?}"))
+}
+
+/// Checks the agent's numbers against `ss` and `nstat` in the netns.
+fn check_ground_truth(ns: &NamedNetns, obs: &NetnsObservation, l: &ListenerObservation) {
+    let ss = ns.ss_listeners().unwrap();
+    let (recvq, sendq) = ss[&format!("127.0.0.1:{}", l.port)];
+    assert_eq!(
+        l.effective_backlog as u64, sendq,
+        "effective backlog vs ss Send-Q"
+    );
+    // The queue can only have grown or stayed (non-accepting) / shrunk by accepts between the
+    // two reads; for non-accepting listeners they must match.
+    let overflows = ns.nstat("TcpExtListenOverflows").unwrap();
+    let drops = ns.nstat("TcpExtListenDrops").unwrap();
+    assert!(overflows > 0, "nstat shows overflows");
+    assert!(l.overflows_total > 0, "agent shows overflows");
+    assert!(
+        l.overflows_total <= drops,
+        "agent overflows {} must not exceed the netns ListenDrops {drops} read after it",
+        l.overflows_total
+    );
+    let c = obs.counters.expect("netns counters");
+    assert!(c.listen_overflows > 0 && c.listen_overflows <= overflows);
+    eprintln!(
+        "ss Recv-Q {recvq} Send-Q {sendq}; nstat ListenOverflows {overflows} ListenDrops {drops}; agent {:?}",
+        (l.queue_now, l.effective_backlog, l.overflows_total, l.sk_drops, l.ebpf_ack_phase_overflows)
+    );
+}
+
+#[test]
+fn somaxconn_bound() {
+    require_root!();
+    let Some(mut sc) = ebpf_scanner() else { return };
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("smx"), 128).unwrap();
+    let lst = ns
+        .spawn_listener(ListenerSpec::never_accepting(511))
+        .unwrap();
+    let _burst = ns
+        .burst(lst.port(), 200, Duration::from_millis(500))
+        .unwrap();
+    let obs = scan_ns(&mut sc, &ns);
+    assert_eq!(obs.somaxconn, Some(128));
+    assert_eq!(obs.name.as_deref(), Some(ns.name()));
+    let l = listener(&obs, lst.port());
+    assert_eq!(l.requested_backlog, Some(511));
+    assert_eq!(l.effective_backlog, 128);
+    assert_eq!(l.somaxconn_at_listen, Some(128));
+    assert_eq!(l.queue_now, 129, "full accept queue holds effective + 1");
+    assert_eq!(l.limited_by, LimitedBy::Somaxconn);
+    assert_eq!(l.diagnosis, Diagnosis::SomaxconnBound);
+    assert_eq!(l.process.as_ref().map(|p| p.pid), Some(std::process::id()));
+    check_ground_truth(&ns, &obs, l);
+}
+
+#[test]
+fn app_backlog_bound() {
+    require_root!();
+    let Some(mut sc) = ebpf_scanner() else { return };
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("app"), 4096).unwrap();
+    let lst = ns
+        .spawn_listener(ListenerSpec::never_accepting(16))
+        .unwrap();
+    let _burst = ns
+        .burst(lst.port(), 100, Duration::from_millis(500))
+        .unwrap();
+    let obs = scan_ns(&mut sc, &ns);
+    assert_eq!(obs.somaxconn, Some(4096));
+    let l = listener(&obs, lst.port());
+    assert_eq!(l.requested_backlog, Some(16));
+    assert_eq!(l.effective_backlog, 16);
+    assert_eq!(l.queue_now, 17);
+    assert_eq!(l.limited_by, LimitedBy::ApplicationBacklog);
+    assert_eq!(l.diagnosis, Diagnosis::ApplicationBacklogBound);
+    check_ground_truth(&ns, &obs, l);
+}
+
+#[test]
+fn slow_accept() {
+    require_root!();
+    let Some(mut sc) = ebpf_scanner() else { return };
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("slow"), 4096).unwrap();
+    let backlog = 256;
+    assert!(i64::from(backlog) >= GENEROUS_BACKLOG);
+    let lst = ns
+        .spawn_listener(ListenerSpec {
+            backlog,
+            port: 0,
+            accept: AcceptMode::Every(Duration::from_millis(250)),
+            defer_accept_secs: None,
+        })
+        .unwrap();
+    let _burst = ns
+        .burst(lst.port(), 300, Duration::from_millis(300))
+        .unwrap();
+    let mut obs = scan_ns(&mut sc, &ns);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(400));
+        obs = scan_ns(&mut sc, &ns);
+    }
+    let l = listener(&obs, lst.port());
+    assert!(lst.accepted() > 0, "the app does accept, slowly");
+    assert_eq!(l.requested_backlog, Some(i64::from(backlog)));
+    assert_eq!(l.effective_backlog, i64::from(backlog));
+    assert_eq!(l.samples, 5);
+    assert!(
+        l.queue_max > i64::from(backlog) * 9 / 10,
+        "queue max {}",
+        l.queue_max
+    );
+    assert_eq!(l.diagnosis, Diagnosis::SlowAccept, "{l:#?}");
+    check_ground_truth(&ns, &obs, l);
+}
+
+#[test]
+fn listener_from_before_the_agent() {
+    require_root!();
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("pre"), 4096).unwrap();
+    let lst = ns
+        .spawn_listener(ListenerSpec::never_accepting(16))
+        .unwrap();
+    let _burst = ns
+        .burst(lst.port(), 60, Duration::from_millis(400))
+        .unwrap();
+    // The agent (and its probe) start after the listener called listen().
+    let Some(mut sc) = ebpf_scanner() else { return };
+    let snap = sc.scan(); // full sweep of every netns on the host
+    let ino = ns.inode().unwrap();
+    let obs = snap
+        .netns
+        .iter()
+        .find(|n| n.id.inode == ino)
+        .expect("netns found by the full sweep");
+    let l = listener(obs, lst.port());
+    assert_eq!(
+        l.requested_backlog, None,
+        "requested backlog is unknown for a pre-existing listener"
+    );
+    assert_eq!(l.effective_backlog, 16);
+    assert_eq!(
+        l.limited_by,
+        LimitedBy::ApplicationBacklog,
+        "effective < somaxconn"
+    );
+    assert_eq!(l.diagnosis, Diagnosis::ApplicationBacklogBound);
+    check_ground_truth(&ns, obs, l);
+}
+
+#[test]
+fn fallback_mode_without_ebpf() {
+    require_root!();
+    let mut sc = fallback_scanner();
+    assert_eq!(sc.tier(), Tier::SockDiag);
+    assert!(sc.fallback_reason().is_some());
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("fb"), 128).unwrap();
+    let lst = ns
+        .spawn_listener(ListenerSpec::never_accepting(511))
+        .unwrap();
+    let _burst = ns
+        .burst(lst.port(), 200, Duration::from_millis(500))
+        .unwrap();
+    let obs = scan_ns(&mut sc, &ns);
+    let l = listener(&obs, lst.port());
+    assert_eq!(l.requested_backlog, None, "no eBPF, no requested backlog");
+    assert_eq!(l.ebpf_ack_phase_overflows, None);
+    assert_eq!(l.effective_backlog, 128);
+    assert_eq!(obs.somaxconn, Some(128));
+    assert_eq!(l.limited_by, LimitedBy::Unknown);
+    assert_eq!(l.diagnosis, Diagnosis::SomaxconnBound);
+    check_ground_truth(&ns, &obs, l);
+    // sk_drops (sock_diag) counts every overflow of this listener, and more.
+    assert!(l.sk_drops.unwrap() >= l.overflows_total);
+}
+
+#[test]
+fn netns_disappearing_mid_scan() {
+    require_root!();
+    let mut sc = fallback_scanner();
+    let keep = NamedNetns::create(&NamedNetns::unique_name("keep")).unwrap();
+    let gone = NamedNetns::create(&NamedNetns::unique_name("gone")).unwrap();
+    let l1 = keep
+        .spawn_listener(ListenerSpec::never_accepting(8))
+        .unwrap();
+    let l2 = gone
+        .spawn_listener(ListenerSpec::never_accepting(8))
+        .unwrap();
+    let (ki, gi) = (keep.inode().unwrap(), gone.inode().unwrap());
+    let refs: Vec<_> = netns::enumerate()
+        .into_iter()
+        .filter(|r| r.inode == ki || r.inode == gi)
+        .collect();
+    assert_eq!(refs.len(), 2);
+    let first = sc.scan_refs(refs.clone());
+    assert_eq!(first.netns.len(), 2);
+    // The netns dies between enumeration and inspection.
+    drop(l2);
+    drop(gone);
+    let snap = sc.scan_refs(refs);
+    assert!(
+        snap.errors.is_empty(),
+        "a vanished netns is not an error: {:?}",
+        snap.errors
+    );
+    assert_eq!(snap.vanished, 1);
+    assert_eq!(snap.netns.len(), 1);
+    assert_eq!(snap.netns[0].id.inode, ki);
+    assert_eq!(listener(&snap.netns[0], l1.port()).effective_backlog, 8);
+    // And a full sweep never reports it again.
+    let again = sc.scan();
+    assert!(again
+        .netns
+        .iter()
+        .all(|n| n.id.inode != gi || n.name.as_deref() != Some("gone")));
+
+    // Concurrent churn: namespaces deleted while a full sweep runs; no panic, no error spiral.
+    let churn: Vec<NamedNetns> = (0..8)
+        .map(|i| NamedNetns::create(&NamedNetns::unique_name(&format!("churn{i}"))).unwrap())
+        .collect();
+    let killer = std::thread::spawn(move || {
+        for n in churn {
+            drop(n);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    for _ in 0..3 {
+        let s = sc.scan();
+        assert!(s.errors.len() <= 1, "errors: {:?}", s.errors);
+    }
+    killer.join().unwrap();
+}
+
+#[test]
+fn reused_netns_inode_gets_a_new_identity() {
+    require_root!();
+    let mut sc = fallback_scanner();
+    let name = NamedNetns::unique_name("reuse");
+    let (id_a, port) = {
+        let a = NamedNetns::create(&name).unwrap();
+        let lst = a.spawn_listener(ListenerSpec::never_accepting(16)).unwrap();
+        let _b = a.burst(lst.port(), 60, Duration::from_millis(300)).unwrap();
+        let obs = scan_ns(&mut sc, &a);
+        assert!(listener(&obs, lst.port()).overflows_total > 0);
+        assert_eq!(obs.id.cookie, a.cookie().unwrap());
+        (obs.id, lst.port())
+    };
+    let mut reused = false;
+    let mut id_b: NetnsId = id_a;
+    // Recreate until the kernel hands the same inode back (it usually does at once).
+    for _ in 0..5 {
+        let b = NamedNetns::create(&name).unwrap();
+        let lst = b
+            .spawn_listener(ListenerSpec {
+                port,
+                ..ListenerSpec::never_accepting(16)
+            })
+            .unwrap();
+        let obs = scan_ns(&mut sc, &b);
+        id_b = obs.id;
+        let l = listener(&obs, port);
+        assert_eq!(
+            l.overflows_total, 0,
+            "no state inherited from the dead netns"
+        );
+        assert_eq!(l.queue_max, 0, "no queue history inherited");
+        drop(lst);
+        if id_b.inode == id_a.inode {
+            reused = true;
+            break;
+        }
+    }
+    assert_ne!(id_a, id_b, "distinct identities");
+    assert_ne!(id_a.cookie, id_b.cookie, "cookies are never reused");
+    eprintln!("inode reused: {reused} ({id_a} vs {id_b})");
+}
+
+#[test]
+fn ebpf_tier_listen_events_ack_phase_overflows_and_close() {
+    require_root!();
+    let Some(mut sc) = ebpf_scanner() else { return };
+    assert!(matches!(sc.tier(), Tier::EbpfTracepoint | Tier::EbpfFentry));
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("ack"), 4096).unwrap();
+    let backlog = 16usize;
+    // TCP_DEFER_ACCEPT keeps handshakes in SYN_RECV until data arrives, so the accept queue can
+    // be filled *after* the SYNs were admitted: the data-bearing final ACKs then overflow.
+    let lst = ns
+        .spawn_listener(ListenerSpec {
+            defer_accept_secs: Some(5),
+            ..ListenerSpec::never_accepting(backlog as i32)
+        })
+        .unwrap();
+    let first = ns
+        .burst(lst.port(), backlog, Duration::from_millis(200))
+        .unwrap();
+    assert_eq!(first.send_byte_each(), backlog);
+    std::thread::sleep(Duration::from_millis(200));
+    let second = ns
+        .burst(lst.port(), backlog + 1, Duration::from_millis(200))
+        .unwrap();
+    second.send_byte_each();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let obs = scan_ns(&mut sc, &ns);
+    let l = listener(&obs, lst.port());
+    let ack = l
+        .ebpf_ack_phase_overflows
+        .expect("eBPF tier reports ACK-phase overflows");
+    let overflows = ns.nstat("TcpExtListenOverflows").unwrap();
+    eprintln!(
+        "ACK-phase (kfree_skb) {ack}, sk_drops {:?}, nstat ListenOverflows {overflows}",
+        l.sk_drops
+    );
+    assert!(ack > 0, "kfree_skb TCP_LISTEN_OVERFLOW counted: {l:#?}");
+    assert!(
+        ack <= overflows,
+        "kernel-program count {ack} <= netns ListenOverflows {overflows}"
+    );
+    assert_eq!(l.requested_backlog, Some(backlog as i64));
+    assert!(l.overflows_total >= ack);
+
+    // The listen() record: pid/comm/cgroup of this test process, netns identity.
+    let probe = sc.probe_mut().unwrap();
+    let _ = probe.drain_events();
+    let infos = probe.listeners().unwrap();
+    let (key, info) = infos
+        .iter()
+        .find(|(k, _)| k.port == lst.port() && k.netns_cookie == obs.id.cookie)
+        .expect("listen() recorded by the tracepoints");
+    assert_eq!(u64::from(key.netns_inum), obs.id.inode);
+    assert_eq!(info.pid, std::process::id());
+    assert_eq!(info.requested_backlog, backlog as i32);
+    assert_eq!(info.effective_backlog, backlog as u32);
+    assert_eq!(info.somaxconn, 4096);
+    assert!(info.cgroup_id > 0);
+    let key = *key;
+    let stats = probe.stats().unwrap();
+    assert!(
+        stats.listens_recorded > 0 && stats.ack_phase_overflows > 0,
+        "{stats:?}"
+    );
+
+    // Listener close (LISTEN -> CLOSE) removes the record.
+    let closes_before = stats.closes;
+    drop(lst);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(probe.stats().unwrap().closes > closes_before);
+    let events = probe.drain_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == kubetune_probe_common::EVENT_CLOSE && e.info.key == key),
+        "close event for the listener: {events:?}"
+    );
+    assert!(
+        !probe.listeners().unwrap().contains_key(&key),
+        "close removed the listener record"
+    );
+    assert!(
+        !probe.overflows().unwrap().contains_key(&key),
+        "close removed the overflow counters"
+    );
+}
+
+#[test]
+fn report_spec_from_observation() {
+    require_root!();
+    let mut sc = fallback_scanner();
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("rep"), 128).unwrap();
+    let a = ns
+        .spawn_listener(ListenerSpec::never_accepting(511))
+        .unwrap();
+    let b = ns
+        .spawn_listener(ListenerSpec::never_accepting(16))
+        .unwrap();
+    let _burst = ns.burst(a.port(), 150, Duration::from_millis(300)).unwrap();
+    let ino = ns.inode().unwrap();
+    let refs: Vec<_> = netns::enumerate()
+        .into_iter()
+        .filter(|r| r.inode == ino)
+        .collect();
+    let snap = sc.scan_refs(refs);
+    let spec = snap.netns[0].to_report_spec("uid-1", "node-a", &snap, &Default::default());
+    assert_eq!(spec.pod_uid, "uid-1");
+    assert_eq!(spec.node_name, "node-a");
+    assert_eq!(spec.source, "sock-diag");
+    assert_eq!(spec.somaxconn, Some(128));
+    assert_eq!(spec.listener_count, 2);
+    let mut ports = vec![a.port() as i32, b.port() as i32];
+    ports.sort();
+    assert_eq!(
+        spec.listeners.iter().map(|l| l.port).collect::<Vec<_>>(),
+        ports,
+        "sorted by port"
+    );
+    assert!(spec.overflows_total > 0);
+    assert_eq!(
+        spec.overflows_total,
+        spec.listeners
+            .iter()
+            .map(|l| l.overflows_total)
+            .sum::<i64>()
+    );
+    assert!(spec.diagnosis.is_problem());
+}
+
+#[test]
+fn scan_cli_json_once() {
+    require_root!();
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("cli"), 256).unwrap();
+    let lst = ns
+        .spawn_listener(ListenerSpec::never_accepting(64))
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubetune-agent"))
+        .args(["scan", "--once", "-o", "json", "--no-ebpf"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tier"], "SockDiag");
+    assert!(v["fallback_reason"].is_string());
+    let nsobj = v["netns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == ns.name())
+        .expect("netns in JSON");
+    assert_eq!(nsobj["somaxconn"], 256);
+    let l = nsobj["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == lst.port())
+        .unwrap();
+    assert_eq!(l["effective_backlog"], 64);
+    assert!(l["requested_backlog"].is_null());
+
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_kubetune-agent"))
+        .args(["scan", "--once", "--no-ebpf"])
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        t.contains("NETNS") && t.contains("DIAGNOSIS") && t.contains("fallback mode"),
+        "{t}"
+    );
+    assert!(t.contains(&format!("127.0.0.1:{}", lst.port())), "{t}");
+}
