@@ -15,7 +15,7 @@ use kubetune_crds::policy::{validate_spec, TuningPolicy};
 use serde_json::Value;
 
 use crate::patch::build_patch;
-use crate::plan::{plan, NamespaceFacts};
+use crate::plan::{plan, NamespaceFacts, PSA_ENFORCE};
 
 /// Annotation the kubelet sets on mirror (static) pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -302,24 +302,27 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
     if opted_out(&pod.metadata.annotations) || opted_out(&pod.metadata.labels) {
         return Ok(skip(ReviewOutcome::Skipped));
     }
-    let ns = snap
-        .namespaces
-        .get(&namespace)
-        .cloned()
-        .unwrap_or_else(|| NamespaceFacts {
-            name: namespace.clone(),
-            labels: BTreeMap::new(),
-        });
+    // A namespace the cache has not seen yet (created a moment ago): assume PodSecurity
+    // `restricted` so nothing the apiserver could reject is injected, and say so.
+    let mut warning = None;
+    let ns = match snap.namespaces.get(&namespace) {
+        Some(ns) => std::borrow::Cow::Borrowed(ns),
+        None => {
+            warning = Some(format!(
+                "namespace {namespace} is not in kubetune's cache yet; assumed PodSecurity \
+                 enforce=restricted (only safe sysctls)"
+            ));
+            std::borrow::Cow::Owned(NamespaceFacts {
+                name: namespace.clone(),
+                labels: BTreeMap::from([(PSA_ENFORCE.to_string(), "restricted".to_string())]),
+            })
+        }
+    };
     let p = plan(&pod, &ns, &snap.policies, &snap.facts);
     if p.is_empty() {
         return Ok(skip(ReviewOutcome::Skipped));
     }
-    let net = snap
-        .facts
-        .tuning_cni
-        .as_ref()
-        .map(|t| t.network_name.as_str());
-    let patch = build_patch(&pod, &p, net);
+    let patch = build_patch(&pod, &p);
     if patch.0.is_empty() {
         return Ok(skip(ReviewOutcome::Unchanged));
     }
@@ -333,7 +336,7 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
     tracing::debug!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
         summary = %p.decision.summary(), dry_run = req.dry_run.unwrap_or(false), "patched pod");
     Ok(MutateAnswer {
-        review: wire_response(&req.uid, Some(&patch), None),
+        review: wire_response(&req.uid, Some(&patch), warning),
         outcome: ReviewOutcome::Patched,
         delivered,
     })

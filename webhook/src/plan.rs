@@ -6,9 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::decision::{
     DecisionEntry, Outcome, PodDecision, PolicyRef, DECISION_ANNOTATION, DECISION_VERSION,
+    MULTUS_NETWORKS_ANNOTATION,
 };
 use kubetune_crds::facts::{decide, ClusterFacts, PodContext};
-use kubetune_crds::policy::{desired_sysctls, validate_spec, DeliveryDecision, Mode, TuningPolicy};
+use kubetune_crds::policy::{
+    desired_sysctls, validate_spec, DeliveryDecision, Mode, SpecError, TuningPolicy,
+};
 use kubetune_crds::selector;
 use kubetune_crds::sysctl::{self, KubeVersion, PodSecurityLevel};
 
@@ -51,12 +54,15 @@ pub struct Plan {
     pub security_context: BTreeMap<String, String>,
     /// Sysctls delivered by the tuning CNI plugin (name -> value).
     pub tuning_cni: BTreeMap<String, String>,
+    /// The NetworkAttachmentDefinition selected for tuning-CNI delivery (from the cluster facts);
+    /// `Some` exactly when `tuning_cni` is not empty.
+    pub tuning_network: Option<String>,
 }
 
 impl Plan {
     /// True when no policy matched: the pod is left untouched (no annotation either).
     pub fn is_empty(&self) -> bool {
-        self.decision.entries.is_empty()
+        self.decision.policies.is_empty() && self.decision.entries.is_empty()
     }
 }
 
@@ -132,7 +138,41 @@ pub fn pod_context(pod: &Pod, ns: &NamespaceFacts) -> PodContext {
     }
 }
 
+/// Why a policy's sysctl is refused because the policy itself is invalid: the sysctl's own
+/// problem if it has one, else `InvalidSpec` with every problem of the spec.
+fn invalid_spec_refusal(sysctl: &str, errors: &[SpecError]) -> (&'static str, String) {
+    let own = errors.iter().find(|e| match e {
+        SpecError::Sysctl { name, .. } => sysctl::normalize_name(name) == sysctl,
+        SpecError::NotCniDeliverable(name) => sysctl::normalize_name(name) == sysctl,
+        _ => false,
+    });
+    let all = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    match own {
+        Some(e) => (e.reason(), format!("{e} (the whole policy is ignored: {all})")),
+        None => (
+            errors
+                .iter()
+                .find(|e| !matches!(e, SpecError::Sysctl { .. } | SpecError::NotCniDeliverable(_)))
+                .map_or("InvalidSpec", SpecError::reason),
+            format!("the policy is invalid, none of its sysctls is applied: {all}"),
+        ),
+    }
+}
+
 /// Plan the sysctls of one pod. Pure and deterministic.
+///
+/// Rules, in order, per (matching policy in precedence order, desired sysctl):
+/// 1. an invalid policy (any [`validate_spec`] error) contributes only `Refused` entries;
+/// 2. a sysctl already set by a higher-precedence policy is `Overridden`;
+/// 3. a sysctl the pod sets itself is `PodValueKept` (never overwritten);
+/// 4. [`decide`] picks the delivery or refuses (node-level, host namespaces, PodSecurity,
+///    allowedUnsafeSysctls per node group, tuning-CNI fallback); tuning CNI is also refused when
+///    the pod's own Multus selection annotation is unreadable (kubetune will not rewrite it);
+/// 5. `DryRun` policies record `WouldInject` and claim nothing.
 pub fn plan(
     pod: &Pod,
     ns: &NamespaceFacts,
@@ -140,9 +180,20 @@ pub fn plan(
     facts: &ClusterFacts,
 ) -> Plan {
     let matching = matching_policies(pod, policies);
+    let mut out = Plan::default();
+    out.decision.version = DECISION_VERSION;
+    if matching.is_empty() {
+        return out;
+    }
     let own = own_sysctls(pod);
     let ctx = pod_context(pod, ns);
-    let mut out = Plan::default();
+    let networks_problem: Option<String> = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MULTUS_NETWORKS_ANNOTATION))
+        .and_then(|raw| crate::patch::parse_networks(raw).err())
+        .map(|e| e.to_string());
     let mut claimed: BTreeMap<String, String> = BTreeMap::new(); // sysctl -> policy that set it
     let mut refs = BTreeSet::new();
     for p in matching {
@@ -153,10 +204,6 @@ pub fn plan(
             generation,
         });
         let spec_errors = validate_spec(&p.spec);
-        let spec_problem: Option<String> = spec_errors
-            .iter()
-            .find(|e| !matches!(e, kubetune_crds::policy::SpecError::Sysctl { .. }))
-            .map(ToString::to_string);
         for (sysctl, value) in desired_sysctls(&p.spec) {
             let entry = |outcome, delivery, reason: &str, message: String| DecisionEntry {
                 policy: name.clone(),
@@ -168,13 +215,11 @@ pub fn plan(
                 reason: reason.to_string(),
                 message,
             };
-            if let Some(problem) = &spec_problem {
-                out.decision.entries.push(entry(
-                    Outcome::Refused,
-                    None,
-                    "InvalidSpec",
-                    problem.clone(),
-                ));
+            if !spec_errors.is_empty() {
+                let (reason, message) = invalid_spec_refusal(&sysctl, &spec_errors);
+                out.decision
+                    .entries
+                    .push(entry(Outcome::Refused, None, reason, message));
                 continue;
             }
             if let Some(winner) = claimed.get(&sysctl) {
@@ -195,7 +240,24 @@ pub fn plan(
                 ));
                 continue;
             }
-            match decide(&sysctl, &value, p.spec.delivery, facts, &ctx) {
+            let decided = decide(&sysctl, &value, p.spec.delivery, facts, &ctx);
+            let decided = match (decided, &networks_problem) {
+                (Ok(d), Some(problem)) if d.how == DeliveryDecision::TuningCni => {
+                    out.decision.entries.push(entry(
+                        Outcome::Refused,
+                        None,
+                        "TuningCNIUnavailable",
+                        format!(
+                            "{sysctl} would go through tuning CNI, but the pod's \
+                             {MULTUS_NETWORKS_ANNOTATION} annotation is unreadable ({problem}); \
+                             kubetune does not rewrite it"
+                        ),
+                    ));
+                    continue;
+                }
+                (d, _) => d,
+            };
+            match decided {
                 Ok(d) if p.spec.mode == Mode::DryRun => {
                     out.decision.entries.push(entry(
                         Outcome::WouldInject,
@@ -230,7 +292,9 @@ pub fn plan(
             }
         }
     }
-    out.decision.version = DECISION_VERSION;
     out.decision.policies = refs.into_iter().collect();
+    if !out.tuning_cni.is_empty() {
+        out.tuning_network = facts.tuning_cni.as_ref().map(|t| t.network_name.clone());
+    }
     out
 }

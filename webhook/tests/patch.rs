@@ -23,11 +23,7 @@ fn run(p: &Pod, policies: &[TuningPolicy], f: &ClusterFacts) -> (Value, usize) {
         policies,
         f,
     );
-    let patch = build_patch(
-        p,
-        &pl,
-        f.tuning_cni.as_ref().map(|t| t.network_name.as_str()),
-    );
+    let patch = build_patch(p, &pl);
     let mut doc = serde_json::to_value(p).unwrap();
     json_patch::patch(&mut doc, &patch).expect("patch applies");
     (doc, patch.0.len())
@@ -202,17 +198,179 @@ fn refused_only_still_annotates_but_leaves_the_spec() {
 }
 
 #[test]
-fn short_form_networks_parse() {
+fn network_selection_parsing() {
     assert_eq!(
-        parse_networks("a, ns/b@eth1"),
+        parse_networks("a, ns/b@eth1").unwrap(),
         vec![
             json!({"name": "a"}),
             json!({"name": "b", "namespace": "ns", "interface": "eth1"})
         ]
     );
     assert_eq!(
-        parse_networks(r#"[{"name":"x"}]"#),
+        parse_networks(r#"[{"name":"x"}]"#).unwrap(),
         vec![json!({"name": "x"})]
     );
-    assert!(parse_networks("  ").is_empty());
+    assert!(parse_networks("  ").unwrap().is_empty());
+    for bad in [
+        "[{\"name\": ",
+        "[1, 2]",
+        "{\"name\": \"x\"}",
+        "a b",
+        "ns/",
+        "UPPER",
+        "x@",
+        "[{\"nom\": \"x\"}]",
+    ] {
+        assert!(parse_networks(bad).is_err(), "{bad:?} must not parse");
+    }
+}
+
+#[test]
+fn tuning_network_entry_is_replaced_in_place_not_duplicated() {
+    let p = pod(json!({"metadata": {"annotations": {MULTUS_NETWORKS_ANNOTATION:
+        r#"[{"name":"kubetune-tuning","namespace":"shop","cni-args":{"sysctl":{"net.core.somaxconn":"128"}}},{"name":"macvlan"}]"#}}}));
+    let doc = apply_idempotent(
+        &p,
+        &[policy(
+            "s",
+            json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}]}),
+        )],
+        &facts(true),
+    );
+    let nets: Value = serde_json::from_str(
+        doc["metadata"]["annotations"][MULTUS_NETWORKS_ANNOTATION]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        nets,
+        json!([
+            {"name": "kubetune-tuning", "namespace": "shop", "cni-args": {"sysctl": {"net.core.somaxconn": "4096"}}},
+            {"name": "macvlan"}
+        ])
+    );
+}
+
+#[test]
+fn unreadable_network_annotation_is_left_alone() {
+    let raw = "[{\"name\": ";
+    let p = pod(json!({"metadata": {"annotations": {MULTUS_NETWORKS_ANNOTATION: raw}}}));
+    let doc = apply_idempotent(
+        &p,
+        &[policy(
+            "s",
+            json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}]}),
+        )],
+        &facts(true),
+    );
+    assert_eq!(doc["metadata"]["annotations"][MULTUS_NETWORKS_ANNOTATION], raw);
+    let d = PodDecision::parse(
+        doc["metadata"]["annotations"][DECISION_ANNOTATION]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(d.entries[0].reason, "TuningCNIUnavailable");
+}
+
+#[test]
+fn annotation_keys_are_escaped_in_paths() {
+    let p = pod(json!({"metadata": {"annotations": {"other": "x"}}}));
+    let pl = plan(
+        &p,
+        &NamespaceFacts::default(),
+        &[policy("ka", json!({"preset": "IpvsIdleKeepalive"}))],
+        &facts(false),
+    );
+    let ops = serde_json::to_value(build_patch(&p, &pl)).unwrap();
+    let paths: Vec<&str> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/securityContext",
+            "/metadata/annotations/kubetune.dev~1decision",
+            "/metadata/annotations/kubetune.dev~1summary"
+        ]
+    );
+}
+
+#[test]
+fn patch_applies_with_sysctls_present_but_empty_or_null() {
+    for sc in [
+        json!({"sysctls": []}),
+        json!({"sysctls": null}),
+        json!({}),
+        json!(null),
+    ] {
+        let doc = apply_idempotent(
+            &pod(json!({"spec": {"securityContext": sc.clone()}})),
+            &[policy("p", json!({"preset": "WideEphemeralPorts"}))],
+            &facts(false),
+        );
+        assert_eq!(
+            sysctls(&doc),
+            [("net.ipv4.ip_local_port_range".into(), "1024 65535".into())],
+            "securityContext {sc}"
+        );
+    }
+}
+
+#[test]
+fn a_sysctl_injected_earlier_is_updated_in_place_and_never_removed() {
+    // A pod that went through the webhook when the policy said 100 (e.g. re-invocation after
+    // a policy update): kubetune's entry is updated in place, the pod's own entries stay.
+    let old = plan(
+        &pod(json!({})),
+        &NamespaceFacts::default(),
+        &[policy(
+            "ka",
+            json!({"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "100"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+        )],
+        &facts(false),
+    );
+    let p = pod(json!({
+        "metadata": {"annotations": {DECISION_ANNOTATION: old.decision.to_annotation()}},
+        "spec": {"securityContext": {"sysctls": [
+            {"name": "net.ipv4.tcp_keepalive_time", "value": "100"},
+            {"name": "kernel.shm_rmid_forced", "value": "1"},
+            {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}
+    }));
+    let doc = apply_idempotent(
+        &p,
+        &[policy(
+            "ka",
+            json!({"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "700"}]}),
+        )],
+        &facts(false),
+    );
+    assert_eq!(
+        sysctls(&doc),
+        [
+            ("net.ipv4.tcp_keepalive_time".into(), "700".into()),
+            ("kernel.shm_rmid_forced".into(), "1".into()),
+            ("net.ipv4.tcp_syncookies".into(), "1".into()),
+        ]
+    );
+}
+
+#[test]
+fn pod_without_spec_gets_one() {
+    let mut p = pod(json!({}));
+    p.spec = None;
+    let (doc, n) = run(
+        &p,
+        &[policy("p", json!({"preset": "WideEphemeralPorts"}))],
+        &facts(false),
+    );
+    assert!(n > 0);
+    assert_eq!(
+        sysctls(&doc),
+        [("net.ipv4.ip_local_port_range".into(), "1024 65535".into())]
+    );
 }

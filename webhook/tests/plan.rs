@@ -195,7 +195,7 @@ fn planner_rules() {
             tuning: &[],
         },
         Case {
-            what: "node-level sysctl refused (policy slipped past admission)",
+            what: "node-level sysctl makes the whole policy invalid (slipped past admission)",
             pod: ingress.clone(),
             ns: ns(&[]),
             cni: true,
@@ -205,9 +205,9 @@ fn planner_rules() {
             )],
             want: vec![
                 o("bad", "net.core.rmem_max", Refused, "RefusedNodeLevel"),
-                o("bad", "net.ipv4.tcp_syncookies", Injected, "SafeSysctl"),
+                o("bad", "net.ipv4.tcp_syncookies", Refused, "InvalidSpec"),
             ],
-            sc: &[("net.ipv4.tcp_syncookies", "1")],
+            sc: &[],
             tuning: &[],
         },
         Case {
@@ -388,6 +388,201 @@ fn planner_rules() {
             sc: &[("net.ipv4.ip_local_port_range", "1024 60999")],
             tuning: &[],
         },
+        Case {
+            what: "one bad value refuses the whole policy",
+            pod: json!({}),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![policy(
+                "v",
+                json!({"sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "65535 1024"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+            )],
+            want: vec![
+                o("v", "net.ipv4.ip_local_port_range", Refused, "InvalidValue"),
+                o("v", "net.ipv4.tcp_syncookies", Refused, "InvalidSpec"),
+            ],
+            sc: &[],
+            tuning: &[],
+        },
+        Case {
+            what: "a selector that matches but is invalid refuses the policy with InvalidSelector",
+            pod: json!({}),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![policy(
+                "sel",
+                json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["web"]}]}, "preset": "WideEphemeralPorts"}),
+            )],
+            want: vec![o("sel", "net.ipv4.ip_local_port_range", Refused, "InvalidSelector")],
+            sc: &[],
+            tuning: &[],
+        },
+        Case {
+            what: "hostIPC pod gets no IPC sysctl, but its net.* sysctls",
+            pod: json!({"spec": {"hostIPC": true}}),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![policy(
+                "ipc",
+                json!({"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+            )],
+            want: vec![
+                o("ipc", "kernel.shm_rmid_forced", Refused, "RefusedHostNamespace"),
+                o("ipc", "net.ipv4.tcp_syncookies", Injected, "SafeSysctl"),
+            ],
+            sc: &[("net.ipv4.tcp_syncookies", "1")],
+            tuning: &[],
+        },
+        Case {
+            what: "explicit TuningCNI while tuning CNI is disabled",
+            pod: ingress.clone(),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![policy(
+                "cni",
+                json!({"delivery": "TuningCNI", "sysctls": [{"name": "net.core.somaxconn", "value": "2048"}]}),
+            )],
+            want: vec![o("cni", "net.core.somaxconn", Refused, "TuningCNIUnavailable")],
+            sc: &[],
+            tuning: &[],
+        },
+        Case {
+            what: "explicit PodSecurityContext never falls back to tuning CNI",
+            pod: json!({}),
+            ns: ns(&[]),
+            cni: true,
+            policies: vec![policy(
+                "psc",
+                json!({"delivery": "PodSecurityContext", "sysctls": [{"name": "net.core.somaxconn", "value": "2048"}]}),
+            )],
+            want: vec![o("psc", "net.core.somaxconn", Refused, "RefusedUnsafeSysctl")],
+            sc: &[],
+            tuning: &[],
+        },
+        Case {
+            what: "unreadable Multus annotation: tuning CNI refused, securityContext still works",
+            pod: json!({"metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "[{\"name\": "}}}),
+            ns: ns(&[]),
+            cni: true,
+            policies: vec![policy(
+                "s",
+                json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+            )],
+            want: vec![
+                o("s", "net.core.somaxconn", Refused, "TuningCNIUnavailable"),
+                o("s", "net.ipv4.tcp_syncookies", Injected, "SafeSysctl"),
+            ],
+            sc: &[("net.ipv4.tcp_syncookies", "1")],
+            tuning: &[],
+        },
+        Case {
+            what: "PodSecurity privileged does not restrict; unknown enforce-version = latest",
+            pod: ingress.clone(),
+            ns: ns(&[
+                ("pod-security.kubernetes.io/enforce", "privileged"),
+                ("pod-security.kubernetes.io/enforce-version", "v1.25"),
+            ]),
+            cni: false,
+            policies: vec![policy(
+                "s",
+                json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}]}),
+            )],
+            want: vec![o("s", "net.core.somaxconn", Injected, "AllowedUnsafeSysctl")],
+            sc: &[("net.core.somaxconn", "4096")],
+            tuning: &[],
+        },
+        Case {
+            what: "PodSecurity baseline with an unparsable enforce-version uses the latest rules",
+            pod: json!({}),
+            ns: ns(&[
+                ("pod-security.kubernetes.io/enforce", "baseline"),
+                ("pod-security.kubernetes.io/enforce-version", "someday"),
+            ]),
+            cni: false,
+            policies: vec![policy(
+                "ka",
+                json!({"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "600"}]}),
+            )],
+            want: vec![o("ka", "net.ipv4.tcp_keepalive_time", Injected, "SafeSysctl")],
+            sc: &[("net.ipv4.tcp_keepalive_time", "600")],
+            tuning: &[],
+        },
+        Case {
+            what: "the pod's own value is recognised under the slash spelling",
+            pod: json!({"spec": {"securityContext": {"sysctls": [{"name": "net/ipv4/tcp_syncookies", "value": "0"}]}}}),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![policy(
+                "sc",
+                json!({"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+            )],
+            want: vec![o("sc", "net.ipv4.tcp_syncookies", PodValueKept, "PodValueKept")],
+            sc: &[],
+            tuning: &[],
+        },
+        Case {
+            what: "a policy being deleted no longer applies; an empty selector selects every pod",
+            pod: json!({}),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![
+                {
+                    let mut p = policy("gone", json!({"preset": "WideEphemeralPorts"}));
+                    p.metadata.deletion_timestamp = Some(
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+                    );
+                    p
+                },
+                policy(
+                    "all",
+                    json!({"podSelector": {}, "sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+                ),
+            ],
+            want: vec![o("all", "net.ipv4.tcp_syncookies", Injected, "SafeSysctl")],
+            sc: &[("net.ipv4.tcp_syncookies", "1")],
+            tuning: &[],
+        },
+        Case {
+            what: "matchExpressions selector",
+            pod: json!({"metadata": {"labels": {"app": "web", "tier": "edge"}}}),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![
+                policy(
+                    "in",
+                    json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["edge", "lb"]}]}, "sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+                ),
+                policy(
+                    "notin",
+                    json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["edge"]}]}, "preset": "WideEphemeralPorts"}),
+                ),
+            ],
+            want: vec![o("in", "net.ipv4.tcp_syncookies", Injected, "SafeSysctl")],
+            sc: &[("net.ipv4.tcp_syncookies", "1")],
+            tuning: &[],
+        },
+        Case {
+            what: "a refused higher-priority policy does not block a lower one",
+            pod: json!({}),
+            ns: ns(&[]),
+            cni: false,
+            policies: vec![
+                policy(
+                    "hi",
+                    json!({"priority": 100, "sysctls": [{"name": "net.core.somaxconn", "value": "8192"}]}),
+                ),
+                policy(
+                    "lo",
+                    json!({"delivery": "TuningCNI", "sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]}),
+                ),
+            ],
+            want: vec![
+                o("hi", "net.core.somaxconn", Refused, "RefusedUnsafeSysctl"),
+                o("lo", "net.core.somaxconn", Refused, "TuningCNIUnavailable"),
+            ],
+            sc: &[],
+            tuning: &[],
+        },
     ];
     for c in cases {
         let p = plan(&pod(c.pod), &c.ns, &c.policies, &facts(c.cni));
@@ -463,4 +658,43 @@ fn decision_records_policy_generations() {
         .entries
         .iter()
         .all(|e| e.generation == 7 && e.delivery == Some(DeliveryDecision::PodSecurityContext)));
+}
+
+#[test]
+fn sysctls_injected_earlier_are_ours_not_the_pods() {
+    // Re-invocation: the pod carries what the first call injected, and the decision says so.
+    let pol = policy(
+        "sc",
+        json!({"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
+    );
+    let first = plan(&pod(json!({})), &ns(&[]), std::slice::from_ref(&pol), &facts(false));
+    let again = pod(json!({
+        "metadata": {"annotations": {"kubetune.dev/decision": first.decision.to_annotation()}},
+        "spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}
+    }));
+    let second = plan(&again, &ns(&[]), std::slice::from_ref(&pol), &facts(false));
+    assert_eq!(second, first, "same decision on re-invocation, not PodValueKept");
+    // Without the annotation the same spec is the pod's own value.
+    let own = pod(json!({"spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}}));
+    let p = plan(&own, &ns(&[]), &[pol], &facts(false));
+    assert_eq!(p.decision.entries[0].outcome, Outcome::PodValueKept);
+    assert!(p.security_context.is_empty());
+}
+
+#[test]
+fn tuning_network_is_set_exactly_when_something_goes_through_cni() {
+    let cni = policy(
+        "s",
+        json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}]}),
+    );
+    let p = plan(&pod(json!({})), &ns(&[]), std::slice::from_ref(&cni), &facts(true));
+    assert_eq!(p.tuning_network.as_deref(), Some("kubetune-tuning"));
+    let p = plan(
+        &pod(json!({"spec": {"nodeSelector": {"pool": "ingress"}}})),
+        &ns(&[]),
+        &[cni],
+        &facts(true),
+    );
+    assert_eq!(p.tuning_network, None, "securityContext delivery needs no network");
+    assert_eq!(p.security_context["net.core.somaxconn"], "4096");
 }
