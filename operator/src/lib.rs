@@ -1,1 +1,25 @@
-//! kubetune-operator (work in progress).
+//! kubetune-operator: computes `TuningPolicy` status from observation, publishes events, writes
+//! recommendations into ListenerReports, owns the tuning-CNI NetworkAttachmentDefinitions and
+//! the webhook's serving certificate.
+//!
+//! The hard logic is pure and public:
+//! - [`status::compute_status`] / [`status::evaluate`]: `TuningPolicy.status` from the policy,
+//!   pods (with their `kubetune.dev/decision` annotations), ListenerReports, cluster facts and
+//!   the current time.
+//! - [`events::transition_events`]: which events a status change deserves.
+//! - [`recommend::recommend`]: the TuningPolicy that would fix a somaxconn-bound pod.
+//! - [`nad::render_nad`]: the tuning-CNI NetworkAttachmentDefinition.
+//! - [`certs::generate`], [`certs::needs_rotation`]: webhook certificates.
+//!
+//! [`controller`] wires them to the Kubernetes API (kube-runtime); [`metrics`] serves Prometheus
+//! metrics.
+
+pub mod certs;
+pub mod controller;
+pub mod events;
+pub mod metrics;
+pub mod nad;
+pub mod recommend;
+pub mod status;
+
+pub use status::{compute_status, evaluate, Environment};
