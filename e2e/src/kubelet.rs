@@ -213,7 +213,15 @@ impl FakeKubelet {
                 rand_suffix()
             )
         });
-        pod.metadata.creation_timestamp.get_or_insert_with(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        pod.metadata
+            .creation_timestamp
+            .get_or_insert_with(|| now.clone());
+        let status = pod.status.get_or_insert_with(Default::default);
+        status.phase = Some("Running".into());
+        status.start_time = Some(now);
         for c in containers {
             let mut child = Command::new("ip")
                 .args(["netns", "exec", &netns])
@@ -454,5 +462,20 @@ mod tests {
         let n = "#kernel\nTcpExtListenOverflows           171                0.0\n";
         assert_eq!(parse_nstat(n, "TcpExtListenOverflows"), 171);
         assert_eq!(parse_nstat(n, "TcpExtListenDrops"), 0);
+    }
+}
+
+/// Delete every `ip netns` whose name starts with `prefix` (cleanup after Ctrl-C or a failure).
+pub fn delete_netns_with_prefix(prefix: &str) {
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
