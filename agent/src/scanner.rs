@@ -361,6 +361,7 @@ impl Scanner {
             out.push(self.observe(raw, now, &bpf_listeners, &bpf_overflows, &mut seen));
         }
         self.history.retain(|k, _| seen.contains(k));
+        crate::probe::release_heap();
         Snapshot {
             tier: self.tier(),
             fallback_reason: self.fallback_reason.clone(),

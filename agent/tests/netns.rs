@@ -484,7 +484,7 @@ fn scan_cli_json_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["tier"], "SockDiag");
+    assert_eq!(v["tier"], "sock-diag");
     assert!(v["fallback_reason"].is_string());
     let nsobj = v["netns"]
         .as_array()

@@ -40,6 +40,7 @@ pub const PROBE_BUILD_ERROR: &str = env!("KUBETUNE_PROBE_BUILD_ERROR");
 /// Which observation tier is producing the numbers. `as_str` values are what
 /// `ListenerReportSpec.source` carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Tier {
     /// eBPF with fentry (SYN- and ACK-phase overflows counted in-kernel).
     EbpfFentry,
@@ -286,6 +287,9 @@ impl Probe {
                 .ok()
         });
         info!(tier = tier.as_str(), "probe loaded");
+        drop(btf);
+        drop(kbtf);
+        release_heap();
         Ok(Probe {
             ebpf,
             tier,
@@ -370,6 +374,15 @@ impl Probe {
             }
         }
         out
+    }
+}
+
+/// Returns freed heap (BTF parsing peaks at tens of MiB) to the OS.
+pub fn release_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

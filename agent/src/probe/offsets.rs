@@ -90,9 +90,12 @@ impl KernelBtf {
     /// Loads `/sys/kernel/btf/vmlinux`.
     pub fn load() -> Result<Self, OffsetError> {
         let path = "/sys/kernel/btf/vmlinux";
-        let btf = Btf::from_file(path).map_err(|e| OffsetError::Btf {
-            path: path.into(),
-            msg: e.to_string(),
+        // Mmap backend: parse lazily, keep the agent's footprint small.
+        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap).map_err(|e| {
+            OffsetError::Btf {
+                path: path.into(),
+                msg: e.to_string(),
+            }
         })?;
         Ok(Self { btf })
     }
