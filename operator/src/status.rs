@@ -395,7 +395,21 @@ pub fn evaluate<'a>(
                     .iter()
                     .find(|e| deliverable.contains_key(e.sysctl.as_str()) && e.outcome != want);
                 let any = entries.iter().any(|e| e.outcome == want);
+                // Admitted while the policy was in the other mode (same values).
+                let other_mode = blocking
+                    .is_some_and(|e| matches!(e.outcome, Outcome::Injected | Outcome::WouldInject));
                 match (blocking, any) {
+                    _ if !spec_errors.is_empty() => PodState::NotApplied {
+                        reason: reason::INVALID_SPEC.into(),
+                        message: "the policy is invalid".into(),
+                    },
+                    (Some(_), _) if other_mode && !dry_run => PodState::NeedsRestart,
+                    (Some(_), _) if other_mode => PodState::NotApplied {
+                        reason: reason::NOT_APPLIED.into(),
+                        message: "admitted while the policy was in Enforce mode; DryRun counts \
+                                  pods annotated with WouldInject"
+                            .into(),
+                    },
                     (Some(e), _) => PodState::NotApplied {
                         reason: e.reason.clone(),
                         message: e.message.clone(),
