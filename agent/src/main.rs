@@ -25,8 +25,9 @@ enum Output {
 
 #[derive(clap::Args, Clone)]
 struct Common {
-    /// Do not load eBPF (fallback mode: sock_diag + procfs).
-    #[arg(long, env = "KUBETUNE_NO_EBPF")]
+    /// Do not load eBPF (fallback mode: sock_diag + procfs). Env: KUBETUNE_NO_EBPF=1.
+    #[arg(long, env = "KUBETUNE_NO_EBPF", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     no_ebpf: bool,
     /// Window for queue max / recent overflows / slow-accept detection (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]

@@ -249,3 +249,106 @@ pub fn serve(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::PodCgroup;
+    use crate::netns::NetnsId;
+    use crate::probe::Tier;
+    use crate::scanner::{ListenerObservation, NetnsObservation};
+    use kubetune_crds::report::{Diagnosis, LimitedBy};
+
+    fn snapshot() -> Snapshot {
+        let pod = PodCgroup {
+            pod_uid: "uid-1".into(),
+            qos: "burstable".into(),
+            container_id: Some("c0ffee0000000000".into()),
+            runtime: Some("cri-containerd".into()),
+        };
+        Snapshot {
+            tier: Tier::EbpfTracepoint,
+            fallback_reason: None,
+            observed_at: "2026-01-01T00:00:00Z".into(),
+            window_seconds: 60,
+            vanished: 0,
+            errors: vec![],
+            netns: vec![NetnsObservation {
+                id: NetnsId {
+                    inode: 4026532999,
+                    cookie: 7,
+                },
+                name: None,
+                host: false,
+                pod: Some(pod.clone()),
+                process: None,
+                process_count: 2,
+                somaxconn: Some(128),
+                counters: Some(crate::procfs::ListenCounters {
+                    listen_overflows: 42,
+                    listen_drops: 42,
+                }),
+                listeners: vec![ListenerObservation {
+                    address: "0.0.0.0".parse().unwrap(),
+                    port: 8080,
+                    inode: 1,
+                    requested_backlog: Some(511),
+                    effective_backlog: 128,
+                    somaxconn_at_listen: Some(128),
+                    queue_now: 129,
+                    queue_max: 129,
+                    overflows_total: 42,
+                    overflows_recent: 40,
+                    overflows_per_minute: Some(40.0),
+                    ebpf_ack_phase_overflows: Some(2),
+                    ebpf_syn_phase_overflows: None,
+                    sk_drops: Some(50),
+                    limited_by: LimitedBy::Somaxconn,
+                    diagnosis: Diagnosis::SomaxconnBound,
+                    process: None,
+                    pod: Some(pod),
+                    samples: 3,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn renders_listener_metrics_with_pod_labels() {
+        let state: SharedState = Default::default();
+        {
+            let mut st = state.write().unwrap();
+            st.snapshot = Some(snapshot());
+            st.pods.insert(
+                "uid-1".into(),
+                PodNames {
+                    namespace: "shop".into(),
+                    name: "web-0".into(),
+                    containers: [("c0ffee0000000000".to_string(), "nginx".to_string())].into(),
+                },
+            );
+        }
+        let text = render(&registry(state));
+        let labels = r#"namespace="shop",pod="web-0",container="nginx",netns="4026532999",address="0.0.0.0",port="8080""#;
+        for line in [
+            format!("kubetune_listen_overflows_total{{{labels}}} 42"),
+            format!("kubetune_listen_queue_length{{{labels}}} 129"),
+            format!("kubetune_listen_queue_max{{{labels}}} 129"),
+            format!("kubetune_listen_backlog{{{labels}}} 128"),
+            format!("kubetune_listen_requested_backlog{{{labels}}} 511"),
+            format!(r#"kubetune_listen_diagnosis{{{labels},diagnosis="SomaxconnBound"}} 1"#),
+            r#"kubetune_netns_somaxconn{namespace="shop",pod="web-0",netns="4026532999"} 128"#.to_string(),
+            r#"kubetune_netns_listen_overflows_total{namespace="shop",pod="web-0",netns="4026532999"} 42"#.to_string(),
+            r#"kubetune_agent_info{tier="ebpf-tracepoint"} 1"#.to_string(),
+            "# TYPE kubetune_listen_overflows counter".to_string(),
+        ] {
+            assert!(text.contains(&line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn empty_before_first_scan() {
+        let text = render(&registry(Default::default()));
+        assert!(!text.contains("kubetune_listen"), "{text}");
+    }
+}

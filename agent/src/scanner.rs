@@ -587,16 +587,35 @@ fn sweep(refs: Vec<NetnsRef>) -> (Vec<RawNetns>, usize, Vec<String>) {
                 let fd = match netns::open_netns(&r.path, Some(r.inode)) {
                     Ok(fd) => fd,
                     Err(e) => {
-                        // The netns (or the process we reach it through) is gone, or its
-                        // inode was reused: skip it, it will be re-enumerated next scan.
-                        debug!(netns = r.inode, error = %e, "netns vanished during scan");
-                        vanished += 1;
+                        let gone = match &e {
+                            netns::NetnsError::Open { source, .. } => matches!(
+                                source.raw_os_error(),
+                                Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EINVAL)
+                            ),
+                            netns::NetnsError::Changed { .. } => true,
+                            _ => false,
+                        };
+                        if gone {
+                            // The netns (or the process we reach it through) is gone, or its
+                            // inode was reused: skip it, it is re-enumerated next scan.
+                            debug!(netns = r.inode, error = %e, "netns vanished during scan");
+                            vanished += 1;
+                        } else {
+                            errors.push(e.to_string());
+                        }
                         continue;
                     }
                 };
-                if let Err(e) = netns::setns_current_thread(&fd, &r.path) {
-                    errors.push(e.to_string());
-                    continue;
+                // Already there (e.g. our own netns): no setns needed, which also lets an
+                // unprivileged `scan` see at least its own namespace.
+                let here = std::fs::metadata("/proc/thread-self/ns/net")
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    .ok();
+                if here != Some(r.inode) {
+                    if let Err(e) = netns::setns_current_thread(&fd, &r.path) {
+                        errors.push(e.to_string());
+                        continue;
+                    }
                 }
                 let cookie = match sockdiag::current_netns_cookie() {
                     Ok(c) => c,

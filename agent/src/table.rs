@@ -112,9 +112,13 @@ pub fn render(s: &Snapshot) -> String {
     if s.vanished > 0 || !s.errors.is_empty() {
         let _ = writeln!(
             out,
-            "# {} netns vanished during the scan; {} errors",
+            "# {} netns vanished during the scan; {} errors{}",
             s.vanished,
-            s.errors.len()
+            s.errors.len(),
+            s.errors
+                .first()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
         );
     }
     out

@@ -73,6 +73,9 @@ pub enum ProbeError {
     /// The agent was built without the eBPF object.
     #[error("eBPF object not built: {0}")]
     NotBuilt(String),
+    /// Missing privileges.
+    #[error("eBPF needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run as root")]
+    NotPermitted,
     /// tracefs is not mounted.
     #[error("tracefs not found at /sys/kernel/tracing or /sys/kernel/debug/tracing (mount -t tracefs nodev /sys/kernel/tracing)")]
     NoTracefs,
@@ -165,6 +168,9 @@ impl Probe {
     pub fn load() -> Result<Probe, ProbeError> {
         if PROBE_OBJECT.is_empty() {
             return Err(ProbeError::NotBuilt(PROBE_BUILD_ERROR.to_string()));
+        }
+        if !has_bpf_caps() {
+            return Err(ProbeError::NotPermitted);
         }
         let tracefs = offsets::tracefs_root().ok_or(ProbeError::NoTracefs)?;
         let kbtf = offsets::KernelBtf::load()?;
@@ -375,6 +381,19 @@ impl Probe {
         }
         out
     }
+}
+
+/// True when the effective capabilities allow loading tracing programs: CAP_BPF (39) and
+/// CAP_PERFMON (38), or CAP_SYS_ADMIN (21).
+pub fn has_bpf_caps() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    (has(39) && has(38)) || has(21)
 }
 
 /// Returns freed heap (BTF parsing peaks at tens of MiB) to the OS.
