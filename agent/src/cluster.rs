@@ -105,6 +105,67 @@ fn pod_names(pod: &Pod) -> PodNames {
     }
 }
 
+/// Writes the reports due for one snapshot: for every pod of `pods` (this node's) whose netns is
+/// in the snapshot (matched by the pod uid found in the netns's cgroups; hostNetwork pods are
+/// skipped), server-side-applies its `ListenerReport` when [`should_write`] says so. `last`
+/// carries what was written when, across calls. Returns pod uid → names (for metrics labels).
+pub async fn write_reports(
+    client: &Client,
+    node_name: &str,
+    snap: &Snapshot,
+    pods: &[Pod],
+    last: &mut HashMap<String, (ListenerReportSpec, Instant)>,
+    min_write_interval: Duration,
+) -> HashMap<String, PodNames> {
+    let by_uid: HashMap<String, &Pod> = pods
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone().map(|u| (u, p)))
+        .collect();
+    let names: HashMap<String, PodNames> = by_uid
+        .iter()
+        .map(|(u, p)| (u.clone(), pod_names(p)))
+        .collect();
+    let now = Instant::now();
+    for ns in &snap.netns {
+        let Some(pc) = &ns.pod else { continue };
+        let Some(pod) = by_uid.get(&pc.pod_uid) else {
+            continue;
+        };
+        if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let pn = &names[&pc.pod_uid];
+        let spec = ns.to_report_spec(&pc.pod_uid, node_name, snap, &pn.containers);
+        if !should_write(last.get(&pc.pod_uid), &spec, now, min_write_interval) {
+            continue;
+        }
+        let api: Api<ListenerReport> = Api::namespaced(client.clone(), &pn.namespace);
+        let body = report_object(pod, spec.clone());
+        match api
+            .patch(
+                &pn.name,
+                &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                last.insert(pc.pod_uid.clone(), (spec, now));
+            }
+            Err(e) => {
+                warn!(pod = %pn.name, namespace = %pn.namespace, error = %e, "writing ListenerReport")
+            }
+        }
+    }
+    last.retain(|uid, _| by_uid.contains_key(uid));
+    names
+}
+
 /// Runs cluster mode until the process is stopped.
 pub async fn run(scanner: Scanner, cfg: RunConfig) -> Result<(), ClusterError> {
     let client = Client::try_default().await?;
@@ -145,53 +206,16 @@ pub async fn run(scanner: Scanner, cfg: RunConfig) -> Result<(), ClusterError> {
 
     let mut last: HashMap<String, (ListenerReportSpec, Instant)> = HashMap::new();
     while let Some(snap) = rx.recv().await {
-        let pods_now = store.state();
-        let mut names = HashMap::new();
-        let by_uid: HashMap<String, &Pod> = pods_now
-            .iter()
-            .filter_map(|p| p.metadata.uid.clone().map(|u| (u, p.as_ref())))
-            .collect();
-        for (uid, p) in &by_uid {
-            names.insert(uid.clone(), pod_names(p));
-        }
-        let now = Instant::now();
-        for ns in &snap.netns {
-            let Some(pc) = &ns.pod else { continue };
-            let Some(pod) = by_uid.get(&pc.pod_uid) else {
-                continue;
-            };
-            if pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.host_network)
-                .unwrap_or(false)
-            {
-                continue;
-            }
-            let pn = &names[&pc.pod_uid];
-            let spec = ns.to_report_spec(&pc.pod_uid, &cfg.node_name, &snap, &pn.containers);
-            if !should_write(last.get(&pc.pod_uid), &spec, now, cfg.min_write_interval) {
-                continue;
-            }
-            let api: Api<ListenerReport> = Api::namespaced(client.clone(), &pn.namespace);
-            let body = report_object(pod, spec.clone());
-            match api
-                .patch(
-                    &pn.name,
-                    &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await
-            {
-                Ok(_) => {
-                    last.insert(pc.pod_uid.clone(), (spec, now));
-                }
-                Err(e) => {
-                    warn!(pod = %pn.name, namespace = %pn.namespace, error = %e, "writing ListenerReport")
-                }
-            }
-        }
-        last.retain(|uid, _| by_uid.contains_key(uid));
+        let pods_now: Vec<Pod> = store.state().iter().map(|p| p.as_ref().clone()).collect();
+        let names = write_reports(
+            &client,
+            &cfg.node_name,
+            &snap,
+            &pods_now,
+            &mut last,
+            cfg.min_write_interval,
+        )
+        .await;
         if let Ok(mut st) = state.write() {
             st.snapshot = Some(snap);
             st.pods = names;
@@ -260,5 +284,149 @@ mod tests {
         assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "Pod");
         assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "1234");
         assert_eq!(v["spec"]["overflowsTotal"], 3);
+    }
+}
+
+#[cfg(test)]
+mod apply_tests {
+    use super::*;
+    use crate::attribution::PodCgroup;
+    use crate::netns::NetnsId;
+    use crate::probe::Tier;
+    use crate::scanner::{ListenerObservation, NetnsObservation};
+    use kubetune_crds::report::{Diagnosis, LimitedBy};
+
+    fn snapshot(at: &str) -> Snapshot {
+        let pod = PodCgroup {
+            pod_uid: "uid-1".into(),
+            qos: "besteffort".into(),
+            container_id: None,
+            runtime: None,
+        };
+        let listener = ListenerObservation {
+            address: "0.0.0.0".parse().unwrap(),
+            port: 80,
+            inode: 9,
+            requested_backlog: Some(511),
+            effective_backlog: 128,
+            somaxconn_at_listen: Some(128),
+            queue_now: 129,
+            queue_max: 129,
+            overflows_total: 7,
+            overflows_recent: 7,
+            overflows_per_minute: None,
+            ebpf_ack_phase_overflows: Some(0),
+            ebpf_syn_phase_overflows: None,
+            sk_drops: Some(7),
+            limited_by: LimitedBy::Somaxconn,
+            diagnosis: Diagnosis::SomaxconnBound,
+            process: None,
+            pod: None,
+            samples: 1,
+        };
+        let ns = |uid: &str, ino: u64| NetnsObservation {
+            id: NetnsId {
+                inode: ino,
+                cookie: ino,
+            },
+            name: None,
+            host: false,
+            pod: Some(PodCgroup {
+                pod_uid: uid.into(),
+                ..pod.clone()
+            }),
+            process: None,
+            process_count: 1,
+            somaxconn: Some(128),
+            counters: None,
+            listeners: vec![listener.clone()],
+        };
+        Snapshot {
+            tier: Tier::EbpfTracepoint,
+            fallback_reason: None,
+            observed_at: at.into(),
+            window_seconds: 60,
+            // uid-2 is a pod of another node (not in the pod list): no report for it.
+            netns: vec![ns("uid-1", 1), ns("uid-2", 2)],
+            vanished: 0,
+            errors: vec![],
+        }
+    }
+
+    fn pod() -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some("web-0".into());
+        p.metadata.namespace = Some("shop".into());
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    #[tokio::test]
+    async fn server_side_applies_once_per_change() {
+        let (svc, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = Client::new(svc, "default");
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("one request");
+            assert_eq!(req.method(), http::Method::PATCH);
+            let uri = req.uri().to_string();
+            assert!(
+                uri.starts_with(
+                    "/apis/kubetune.dev/v1alpha1/namespaces/shop/listenerreports/web-0?"
+                ),
+                "{uri}"
+            );
+            assert!(
+                uri.contains("fieldManager=kubetune-agent") && uri.contains("force=true"),
+                "{uri}"
+            );
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+            let body = req.into_body().collect_bytes().await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["kind"], "ListenerReport");
+            assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+            assert_eq!(v["spec"]["diagnosis"], "SomaxconnBound");
+            assert_eq!(v["spec"]["source"], "ebpf-tracepoint");
+            assert_eq!(v["spec"]["listeners"][0]["requestedBacklog"], 511);
+            send.send_response(
+                http::Response::builder()
+                    .body(kube::client::Body::from(body.to_vec()))
+                    .unwrap(),
+            );
+            // No second request may arrive (the next call only changes observedAt).
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), handle.next_request())
+                    .await
+                    .is_err()
+            );
+        });
+        let mut last = HashMap::new();
+        let pods = vec![pod()];
+        let names = write_reports(
+            &client,
+            "node-a",
+            &snapshot("t1"),
+            &pods,
+            &mut last,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(names["uid-1"].name, "web-0");
+        assert_eq!(last.len(), 1);
+        write_reports(
+            &client,
+            "node-a",
+            &snapshot("t2"),
+            &pods,
+            &mut last,
+            Duration::from_secs(10),
+        )
+        .await;
+        server.await.unwrap();
     }
 }
