@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
@@ -187,35 +188,66 @@ struct WireGvk {
     kind: String,
 }
 
-fn wire_response(uid: &str, patch: Option<&json_patch::Patch>, warning: Option<String>) -> Value {
+/// Serialise the `/mutate` answer straight to bytes (no intermediate JSON tree): an
+/// AdmissionReview v1 with `response.patch` base64-encoded (Kubernetes' `[]byte` encoding).
+fn wire_response(uid: &str, patch: Option<&json_patch::Patch>, warning: Option<&str>) -> Bytes {
     use base64::Engine;
-    let mut resp = serde_json::json!({"uid": uid, "allowed": true});
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
+    );
+    let _ = serde_json::to_writer(&mut out, uid);
+    out.extend_from_slice(br#","allowed":true"#);
     if let Some(p) = patch {
-        let bytes = serde_json::to_vec(p).unwrap_or_default();
-        resp["patchType"] = Value::from("JSONPatch");
-        resp["patch"] = Value::from(base64::engine::general_purpose::STANDARD.encode(bytes));
+        let raw = serde_json::to_vec(p).unwrap_or_default();
+        out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+        let start = out.len();
+        out.resize(start + raw.len().div_ceil(3) * 4, 0);
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(&raw, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + n);
+        out.push(b'"');
     }
     if let Some(w) = warning {
-        resp["warnings"] = serde_json::json!([format!("kubetune: {w}")]);
+        out.extend_from_slice(br#","warnings":["#);
+        let _ = serde_json::to_writer(&mut out, &format!("kubetune: {w}"));
+        out.push(b']');
     }
-    serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp})
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
 }
 
 /// The answer of `/mutate`, ready for the wire.
 #[derive(Debug)]
 pub struct MutateAnswer {
-    /// The AdmissionReview (v1) to send back, `response.patch` base64-encoded.
-    pub review: Value,
+    /// The AdmissionReview (v1) to send back as JSON bytes, `response.patch` base64-encoded.
+    pub body: Bytes,
     /// What happened.
     pub outcome: ReviewOutcome,
     /// Delivery kinds patched (for metrics): `securityContext`, `tuningCNI`.
     pub delivered: Vec<&'static str>,
 }
 
+impl MutateAnswer {
+    /// The answer as a JSON tree (tests, debugging).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    /// The JSONPatch in the answer, decoded from base64 (`None` when the pod is left alone).
+    pub fn patch(&self) -> Option<json_patch::Patch> {
+        use base64::Engine;
+        let v = self.json();
+        let b64 = v.pointer("/response/patch")?.as_str()?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+}
+
 fn mutate_malformed(uid: &str, why: String) -> MutateAnswer {
     tracing::warn!(uid, warning = %why, "malformed admission review; allowed");
     MutateAnswer {
-        review: wire_response(uid, None, Some(why)),
+        body: wire_response(uid, None, Some(&why)),
         outcome: ReviewOutcome::Malformed,
         delivered: vec![],
     }
@@ -252,7 +284,7 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
         ));
     }
     let skip = |outcome| MutateAnswer {
-        review: wire_response(&req.uid, None, None),
+        body: wire_response(&req.uid, None, None),
         outcome,
         delivered: vec![],
     };
@@ -268,7 +300,7 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
     let Some(raw) = req.object else {
         return Ok(mutate_malformed(&req.uid, "review has no object".into()));
     };
-    let mut pod: Pod = match serde_json::from_str(raw.get()) {
+    let mut pod: Pod = match crate::podview::decode_pod(raw.get()) {
         Ok(p) => p,
         Err(e) => {
             return Ok(mutate_malformed(
@@ -336,7 +368,7 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
     tracing::debug!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
         summary = %p.decision.summary(), dry_run = req.dry_run.unwrap_or(false), "patched pod");
     Ok(MutateAnswer {
-        review: wire_response(&req.uid, Some(&patch), warning),
+        body: wire_response(&req.uid, Some(&patch), warning.as_deref()),
         outcome: ReviewOutcome::Patched,
         delivered,
     })

@@ -48,9 +48,9 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, cfg))
-        .default_backoff()
-        .touched_objects();
+    // Every watcher event (including a re-list that removed objects, which yields no touched
+    // object) triggers a snapshot rebuild.
+    let stream = reflector::reflector(writer, watcher(api, cfg)).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {

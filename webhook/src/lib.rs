@@ -13,5 +13,6 @@ pub mod client;
 pub mod metrics;
 pub mod patch;
 pub mod plan;
+pub mod podview;
 pub mod server;
 pub mod tls;

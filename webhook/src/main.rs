@@ -57,9 +57,26 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %args.listen, "serving /mutate /validate /healthz /readyz /metrics over TLS");
-    server::serve_tls(listener, tls_cfg, server::routes(state), async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    server::serve_tls(listener, tls_cfg, server::routes(state), shutdown_signal()).await;
+    tracing::info!("shutting down");
     Ok(())
+}
+
+/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -87,7 +87,10 @@ pub fn parse_networks(raw: &str) -> Result<Vec<Value>, NetworksError> {
     if t.starts_with('[') || t.starts_with('{') {
         return match serde_json::from_str::<Value>(t) {
             Ok(Value::Array(list)) => {
-                if list.iter().all(|e| e.get("name").is_some_and(Value::is_string)) {
+                if list
+                    .iter()
+                    .all(|e| e.get("name").is_some_and(Value::is_string))
+                {
                     Ok(list)
                 } else {
                     Err(NetworksError::BadJson("an entry has no string name".into()))
@@ -114,7 +117,10 @@ pub fn parse_networks(raw: &str) -> Result<Vec<Value>, NetworksError> {
                 _ => return Err(bad()),
             };
             if let Some(i) = iface {
-                if i.is_empty() || i.len() > 15 || i.contains(|c: char| c.is_whitespace() || c == '/') {
+                if i.is_empty()
+                    || i.len() > 15
+                    || i.contains(|c: char| c.is_whitespace() || c == '/')
+                {
                     return Err(bad());
                 }
                 o["interface"] = json!(i);
@@ -133,8 +139,7 @@ pub fn merged_networks(
     namespace: &str,
     sysctls: &BTreeMap<String, String>,
 ) -> Vec<Value> {
-    let ours =
-        json!({"name": network, "namespace": namespace, "cni-args": {"sysctl": sysctls}});
+    let ours = json!({"name": network, "namespace": namespace, "cni-args": {"sysctl": sysctls}});
     let is_ours = |e: &Value| {
         e.get("name").and_then(Value::as_str) == Some(network)
             && e.get("namespace")
@@ -175,7 +180,10 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> Patch {
                 .collect(),
         );
         match pod.spec.as_ref() {
-            None => ops.push(add(ptr(&["spec"]), json!({"securityContext": {"sysctls": list}}))),
+            None => ops.push(add(
+                ptr(&["spec"]),
+                json!({"securityContext": {"sysctls": list}}),
+            )),
             Some(spec) => match spec.security_context.as_ref() {
                 None => ops.push(add(
                     ptr(&["spec", "securityContext"]),
@@ -199,18 +207,13 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> Patch {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
         let raw = get(MULTUS_NETWORKS_ANNOTATION);
         // The planner refuses tuning CNI when the annotation is unreadable, so this parses.
-        let existing = raw
-            .and_then(|r| parse_networks(r).ok())
-            .unwrap_or_default();
+        let existing = raw.and_then(|r| parse_networks(r).ok()).unwrap_or_default();
         let merged = merged_networks(&existing, net, ns, &plan.tuning_cni);
         let unchanged = raw
             .and_then(|e| serde_json::from_str::<Value>(e).ok())
             .is_some_and(|v| v.as_array().is_some_and(|a| *a == merged));
         if !unchanged {
-            wanted_ann.push((
-                MULTUS_NETWORKS_ANNOTATION,
-                Value::Array(merged).to_string(),
-            ));
+            wanted_ann.push((MULTUS_NETWORKS_ANNOTATION, Value::Array(merged).to_string()));
         }
     }
     match annotations {

@@ -88,7 +88,9 @@ pub fn previously_injected(pod: &Pod) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The pod's own sysctls: what its spec carries minus what kubetune injected earlier.
+/// The pod's sysctls minus what kubetune injected earlier (per the decision annotation). The
+/// planner additionally treats as the pod's own what kubetune injected earlier but does not
+/// inject again (see [`plan`]).
 pub fn own_sysctls(pod: &Pod) -> BTreeMap<String, String> {
     let ours = previously_injected(pod);
     pod.spec
@@ -152,11 +154,19 @@ fn invalid_spec_refusal(sysctl: &str, errors: &[SpecError]) -> (&'static str, St
         .collect::<Vec<_>>()
         .join("; ");
     match own {
-        Some(e) => (e.reason(), format!("{e} (the whole policy is ignored: {all})")),
+        Some(e) => (
+            e.reason(),
+            format!("{e} (the whole policy is ignored: {all})"),
+        ),
         None => (
             errors
                 .iter()
-                .find(|e| !matches!(e, SpecError::Sysctl { .. } | SpecError::NotCniDeliverable(_)))
+                .find(|e| {
+                    !matches!(
+                        e,
+                        SpecError::Sysctl { .. } | SpecError::NotCniDeliverable(_)
+                    )
+                })
                 .map_or("InvalidSpec", SpecError::reason),
             format!("the policy is invalid, none of its sysctls is applied: {all}"),
         ),
@@ -180,12 +190,58 @@ pub fn plan(
     facts: &ClusterFacts,
 ) -> Plan {
     let matching = matching_policies(pod, policies);
+    if matching.is_empty() {
+        return Plan {
+            decision: PodDecision {
+                version: DECISION_VERSION,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+    }
+    let ours = previously_injected(pod);
+    let is_ours = |n: &String, v: &String| ours.get(n).is_some_and(|o| sysctl::values_equal(o, v));
+    let carried: Vec<(String, String)> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|sc| sc.sysctls.as_ref())
+        .map(|l| {
+            l.iter()
+                .map(|s| (sysctl::normalize_name(&s.name), s.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut own: BTreeMap<String, String> = carried
+        .iter()
+        .filter(|(n, v)| !is_ours(n, v))
+        .cloned()
+        .collect();
+    let first = plan_with_own(pod, ns, &matching, facts, &own);
+    // Sysctls the pod carries from an earlier admission (its decision record says kubetune put
+    // them there) that this admission does not inject again: they stay on the pod — kubetune
+    // never removes a sysctl — so from now on they are the pod's own. Without this the next
+    // invocation would see them as the pod's own and record a different decision.
+    let leftover: Vec<(String, String)> = carried
+        .into_iter()
+        .filter(|(n, v)| is_ours(n, v) && !first.security_context.contains_key(n))
+        .collect();
+    if leftover.is_empty() {
+        return first;
+    }
+    own.extend(leftover);
+    plan_with_own(pod, ns, &matching, facts, &own)
+}
+
+fn plan_with_own(
+    pod: &Pod,
+    ns: &NamespaceFacts,
+    matching: &[&TuningPolicy],
+    facts: &ClusterFacts,
+    own: &BTreeMap<String, String>,
+) -> Plan {
     let mut out = Plan::default();
     out.decision.version = DECISION_VERSION;
-    if matching.is_empty() {
-        return out;
-    }
-    let own = own_sysctls(pod);
     let ctx = pod_context(pod, ns);
     let networks_problem: Option<String> = pod
         .metadata
@@ -196,7 +252,7 @@ pub fn plan(
         .map(|e| e.to_string());
     let mut claimed: BTreeMap<String, String> = BTreeMap::new(); // sysctl -> policy that set it
     let mut refs = BTreeSet::new();
-    for p in matching {
+    for p in matching.iter().copied() {
         let name = p.metadata.name.clone().unwrap_or_default();
         let generation = p.metadata.generation.unwrap_or(0);
         refs.insert(PolicyRef {

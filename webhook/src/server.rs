@@ -70,7 +70,12 @@ fn reply(
                     })
                     .inc();
             }
-            warp::reply::json(&r.review).into_response()
+            let mut resp = warp::reply::Response::new(r.body.into());
+            resp.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static("application/json"),
+            );
+            resp
         }
         Err(e) => {
             state.metrics.observe(endpoint, "bad_request", secs);
@@ -108,7 +113,9 @@ pub fn routes(
         .map(|body: Bytes, s: Arc<State>| {
             let t = Instant::now();
             let r = admission::validate(&body).map(|r| admission::MutateAnswer {
-                review: admission::to_wire(&r.review),
+                body: serde_json::to_vec(&admission::to_wire(&r.review))
+                    .unwrap_or_default()
+                    .into(),
                 outcome: r.outcome,
                 delivered: r.delivered,
             });
@@ -233,6 +240,8 @@ pub async fn serve_tls<F>(
                     }
                 };
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             if let Err(e) = conn.await {

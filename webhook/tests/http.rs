@@ -107,7 +107,7 @@ async fn malformed_input_never_blocks_a_pod() {
     let mut wrong_kind = good.clone();
     wrong_kind["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
     let mut bad_pod = good.clone();
-    bad_pod["request"]["object"]["spec"]["containers"] = json!("not a list");
+    bad_pod["request"]["object"]["spec"]["securityContext"] = json!({"sysctls": "not a list"});
     let mut v1beta1 = good.clone();
     v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
     let mut no_request = good.clone();
@@ -312,4 +312,111 @@ async fn https_round_trip_and_certificate_reload() {
     let _ = stop_tx.send(());
     server.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn unknown_namespace_is_treated_as_restricted_with_a_warning() {
+    // "shop" is not in the snapshot (cache not caught up): unsafe sysctls are refused as if the
+    // namespace enforced PodSecurity restricted, safe ones still go in, and the answer says so.
+    let st = state(vec![policy(
+        "p",
+        json!({"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}, {"name": "net.core.somaxconn", "value": "4096"}]}),
+    )]);
+    let p = pod(json!({"spec": {"nodeSelector": {"pool": "ingress"}}}));
+    let (code, v) = post(&st, "/mutate", review(&p, "ns-1").to_string().as_bytes()).await;
+    assert_eq!(code, 200);
+    assert!(v["response"]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("assumed PodSecurity"));
+    use base64::Engine;
+    let ops: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let text = ops.to_string();
+    assert!(text.contains("net.ipv4.tcp_syncookies"), "{text}");
+    assert!(text.contains("RefusedByPodSecurity"), "{text}");
+    // Known namespace without PodSecurity labels: somaxconn allowed on the ingress pool.
+    let mut snap = (*st.source.snapshot()).clone();
+    snap.namespaces.insert(
+        "shop".into(),
+        kubetune_webhook::plan::NamespaceFacts {
+            name: "shop".into(),
+            labels: Default::default(),
+        },
+    );
+    let st2 = Arc::new(State {
+        source: Arc::new(StaticSource(Arc::new(snap))),
+        config: Config::new("kubetune-system", &[]),
+        metrics: Metrics::default(),
+    });
+    let (_, v) = post(&st2, "/mutate", review(&p, "ns-2").to_string().as_bytes()).await;
+    assert!(v["response"]["warnings"].is_null());
+    let ops = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(ops.contains("AllowedUnsafeSysctl"), "{ops}");
+}
+
+#[tokio::test]
+async fn reinvocation_over_http_returns_no_patch_and_counts_unchanged() {
+    let st = state(vec![policy("ka", json!({"preset": "IpvsIdleKeepalive"}))]);
+    let p = pod(json!({}));
+    let (_, v) = post(&st, "/mutate", review(&p, "r-1").to_string().as_bytes()).await;
+    use base64::Engine;
+    let patch: json_patch::Patch = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let mut doc = serde_json::to_value(&p).unwrap();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    let mut again = review(&p, "r-2");
+    again["request"]["object"] = doc;
+    let (code, v) = post(&st, "/mutate", again.to_string().as_bytes()).await;
+    assert_eq!((code, &v["response"]["allowed"]), (200, &json!(true)));
+    assert!(v["response"]["patch"].is_null(), "{v}");
+    let m = st.metrics.encode();
+    assert!(
+        m.contains("kubetune_webhook_requests_total{endpoint=\"mutate\",outcome=\"unchanged\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn validate_is_robust_too() {
+    let st = state(vec![]);
+    let (code, _) = post(&st, "/validate", b"garbage").await;
+    assert_eq!(code, 400);
+    let (code, v) = post(
+        &st,
+        "/validate",
+        json!({"kind": "AdmissionReview"}).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(v["response"]["allowed"], true);
+    // A Pod sent to /validate is not ours to judge: allowed.
+    let (code, v) = post(
+        &st,
+        "/validate",
+        review(&pod(json!({})), "x").to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!((code, &v["response"]["allowed"]), (200, &json!(true)));
+    assert_eq!(v["response"]["uid"], "x");
+    // GET on /mutate is not a review.
+    let r = warp::test::request()
+        .method("GET")
+        .path("/mutate")
+        .reply(&routes(st))
+        .await;
+    assert_eq!(r.status(), 405);
 }

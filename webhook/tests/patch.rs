@@ -227,8 +227,10 @@ fn network_selection_parsing() {
 
 #[test]
 fn tuning_network_entry_is_replaced_in_place_not_duplicated() {
-    let p = pod(json!({"metadata": {"annotations": {MULTUS_NETWORKS_ANNOTATION:
-        r#"[{"name":"kubetune-tuning","namespace":"shop","cni-args":{"sysctl":{"net.core.somaxconn":"128"}}},{"name":"macvlan"}]"#}}}));
+    let p = pod(
+        json!({"metadata": {"annotations": {MULTUS_NETWORKS_ANNOTATION:
+        r#"[{"name":"kubetune-tuning","namespace":"shop","cni-args":{"sysctl":{"net.core.somaxconn":"128"}}},{"name":"macvlan"}]"#}}}),
+    );
     let doc = apply_idempotent(
         &p,
         &[policy(
@@ -264,7 +266,10 @@ fn unreadable_network_annotation_is_left_alone() {
         )],
         &facts(true),
     );
-    assert_eq!(doc["metadata"]["annotations"][MULTUS_NETWORKS_ANNOTATION], raw);
+    assert_eq!(
+        doc["metadata"]["annotations"][MULTUS_NETWORKS_ANNOTATION],
+        raw
+    );
     let d = PodDecision::parse(
         doc["metadata"]["annotations"][DECISION_ANNOTATION]
             .as_str()

@@ -413,7 +413,12 @@ fn planner_rules() {
                 "sel",
                 json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["web"]}]}, "preset": "WideEphemeralPorts"}),
             )],
-            want: vec![o("sel", "net.ipv4.ip_local_port_range", Refused, "InvalidSelector")],
+            want: vec![o(
+                "sel",
+                "net.ipv4.ip_local_port_range",
+                Refused,
+                "InvalidSelector",
+            )],
             sc: &[],
             tuning: &[],
         },
@@ -427,7 +432,12 @@ fn planner_rules() {
                 json!({"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
             )],
             want: vec![
-                o("ipc", "kernel.shm_rmid_forced", Refused, "RefusedHostNamespace"),
+                o(
+                    "ipc",
+                    "kernel.shm_rmid_forced",
+                    Refused,
+                    "RefusedHostNamespace",
+                ),
                 o("ipc", "net.ipv4.tcp_syncookies", Injected, "SafeSysctl"),
             ],
             sc: &[("net.ipv4.tcp_syncookies", "1")],
@@ -442,7 +452,12 @@ fn planner_rules() {
                 "cni",
                 json!({"delivery": "TuningCNI", "sysctls": [{"name": "net.core.somaxconn", "value": "2048"}]}),
             )],
-            want: vec![o("cni", "net.core.somaxconn", Refused, "TuningCNIUnavailable")],
+            want: vec![o(
+                "cni",
+                "net.core.somaxconn",
+                Refused,
+                "TuningCNIUnavailable",
+            )],
             sc: &[],
             tuning: &[],
         },
@@ -455,7 +470,12 @@ fn planner_rules() {
                 "psc",
                 json!({"delivery": "PodSecurityContext", "sysctls": [{"name": "net.core.somaxconn", "value": "2048"}]}),
             )],
-            want: vec![o("psc", "net.core.somaxconn", Refused, "RefusedUnsafeSysctl")],
+            want: vec![o(
+                "psc",
+                "net.core.somaxconn",
+                Refused,
+                "RefusedUnsafeSysctl",
+            )],
             sc: &[],
             tuning: &[],
         },
@@ -487,7 +507,12 @@ fn planner_rules() {
                 "s",
                 json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}]}),
             )],
-            want: vec![o("s", "net.core.somaxconn", Injected, "AllowedUnsafeSysctl")],
+            want: vec![o(
+                "s",
+                "net.core.somaxconn",
+                Injected,
+                "AllowedUnsafeSysctl",
+            )],
             sc: &[("net.core.somaxconn", "4096")],
             tuning: &[],
         },
@@ -503,7 +528,12 @@ fn planner_rules() {
                 "ka",
                 json!({"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "600"}]}),
             )],
-            want: vec![o("ka", "net.ipv4.tcp_keepalive_time", Injected, "SafeSysctl")],
+            want: vec![o(
+                "ka",
+                "net.ipv4.tcp_keepalive_time",
+                Injected,
+                "SafeSysctl",
+            )],
             sc: &[("net.ipv4.tcp_keepalive_time", "600")],
             tuning: &[],
         },
@@ -516,7 +546,12 @@ fn planner_rules() {
                 "sc",
                 json!({"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
             )],
-            want: vec![o("sc", "net.ipv4.tcp_syncookies", PodValueKept, "PodValueKept")],
+            want: vec![o(
+                "sc",
+                "net.ipv4.tcp_syncookies",
+                PodValueKept,
+                "PodValueKept",
+            )],
             sc: &[],
             tuning: &[],
         },
@@ -667,15 +702,25 @@ fn sysctls_injected_earlier_are_ours_not_the_pods() {
         "sc",
         json!({"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
     );
-    let first = plan(&pod(json!({})), &ns(&[]), std::slice::from_ref(&pol), &facts(false));
+    let first = plan(
+        &pod(json!({})),
+        &ns(&[]),
+        std::slice::from_ref(&pol),
+        &facts(false),
+    );
     let again = pod(json!({
         "metadata": {"annotations": {"kubetune.dev/decision": first.decision.to_annotation()}},
         "spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}
     }));
     let second = plan(&again, &ns(&[]), std::slice::from_ref(&pol), &facts(false));
-    assert_eq!(second, first, "same decision on re-invocation, not PodValueKept");
+    assert_eq!(
+        second, first,
+        "same decision on re-invocation, not PodValueKept"
+    );
     // Without the annotation the same spec is the pod's own value.
-    let own = pod(json!({"spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}}));
+    let own = pod(
+        json!({"spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}}),
+    );
     let p = plan(&own, &ns(&[]), &[pol], &facts(false));
     assert_eq!(p.decision.entries[0].outcome, Outcome::PodValueKept);
     assert!(p.security_context.is_empty());
@@ -687,7 +732,12 @@ fn tuning_network_is_set_exactly_when_something_goes_through_cni() {
         "s",
         json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}]}),
     );
-    let p = plan(&pod(json!({})), &ns(&[]), std::slice::from_ref(&cni), &facts(true));
+    let p = plan(
+        &pod(json!({})),
+        &ns(&[]),
+        std::slice::from_ref(&cni),
+        &facts(true),
+    );
     assert_eq!(p.tuning_network.as_deref(), Some("kubetune-tuning"));
     let p = plan(
         &pod(json!({"spec": {"nodeSelector": {"pool": "ingress"}}})),
@@ -695,6 +745,45 @@ fn tuning_network_is_set_exactly_when_something_goes_through_cni() {
         &[cni],
         &facts(true),
     );
-    assert_eq!(p.tuning_network, None, "securityContext delivery needs no network");
+    assert_eq!(
+        p.tuning_network, None,
+        "securityContext delivery needs no network"
+    );
     assert_eq!(p.security_context["net.core.somaxconn"], "4096");
+}
+
+#[test]
+fn a_copied_decision_record_does_not_make_the_plan_flip_flop() {
+    // Found by the property test: the pod carries somaxconn=4096 and a decision record (copied
+    // from another pod) saying kubetune injected it, but this admission refuses somaxconn.
+    // kubetune never removes a sysctl, so the value stays and is the pod's own from now on —
+    // recorded as PodValueKept on the first pass already, so the second pass agrees.
+    let pol = policy("a", json!({"preset": "HighConnectionServer"}));
+    let record = json!({"version": 1, "policies": [], "entries": [{"policy": "a", "generation": 1,
+        "sysctl": "net.core.somaxconn", "value": "4096", "outcome": "Injected",
+        "delivery": "PodSecurityContext", "reason": "SafeSysctl", "message": "m"}]});
+    let p = pod(json!({
+        "metadata": {"annotations": {"kubetune.dev/decision": record.to_string()}},
+        "spec": {"securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}]}}
+    }));
+    let first = plan(&p, &ns(&[]), std::slice::from_ref(&pol), &facts(false));
+    let kept: Vec<_> = first
+        .decision
+        .entries
+        .iter()
+        .map(|e| (e.sysctl.as_str(), e.outcome))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("net.core.somaxconn", Outcome::PodValueKept),
+            ("net.ipv4.tcp_max_syn_backlog", Outcome::Refused)
+        ]
+    );
+    let mut again = p.clone();
+    again.metadata.annotations.as_mut().unwrap().insert(
+        "kubetune.dev/decision".into(),
+        first.decision.to_annotation(),
+    );
+    assert_eq!(plan(&again, &ns(&[]), &[pol], &facts(false)), first);
 }

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use kubetune_webhook::admission::{mutate, Config, Snapshot};
+use kubetune_webhook::plan::NamespaceFacts;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -34,8 +35,30 @@ const VALUES: &[&str] = &[
     "99999999999999999999",
 ];
 
-fn arb_sysctls() -> impl Strategy<Value = Vec<(usize, usize)>> {
-    prop::collection::vec((0..NAMES.len(), 0..VALUES.len()), 0..4)
+/// Valid (name, value) pairs, so that most generated policies are valid and deliverable.
+const VALID: &[(&str, &str)] = &[
+    ("net.core.somaxconn", "4096"),
+    ("net.core.somaxconn", "1024"),
+    ("net.ipv4.tcp_max_syn_backlog", "8192"),
+    ("net.ipv4.tcp_keepalive_time", "600"),
+    ("net.ipv4.tcp_keepalive_time", "300"),
+    ("net.ipv4.ip_local_port_range", "1024 65535"),
+    ("net/ipv4/tcp_syncookies", "1"),
+    ("net.ipv4.tcp_syncookies", "0"),
+    ("kernel.shm_rmid_forced", "1"),
+];
+
+/// Mostly valid pairs, sometimes an arbitrary (often invalid) name/value combination.
+fn arb_sysctl() -> impl Strategy<Value = (String, String)> {
+    prop_oneof![
+        4 => prop::sample::select(VALID).prop_map(|(n, v)| (n.to_string(), v.to_string())),
+        1 => (prop::sample::select(NAMES), prop::sample::select(VALUES))
+            .prop_map(|(n, v)| (n.to_string(), v.to_string())),
+    ]
+}
+
+fn arb_sysctls() -> impl Strategy<Value = Vec<(String, String)>> {
+    prop::collection::vec(arb_sysctl(), 0..4)
 }
 
 fn arb_policy() -> impl Strategy<Value = Value> {
@@ -57,7 +80,7 @@ fn arb_policy() -> impl Strategy<Value = Value> {
                 spec["preset"] = json!(presets[p]);
             }
             if !sysctls.is_empty() || preset.is_none() {
-                spec["sysctls"] = json!(sysctls.iter().map(|(n, v)| json!({"name": NAMES[*n], "value": VALUES[*v]})).collect::<Vec<_>>());
+                spec["sysctls"] = json!(sysctls.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>());
             }
             if let Some(a) = app {
                 spec["podSelector"] = json!({"matchLabels": {"app": a}});
@@ -68,27 +91,49 @@ fn arb_policy() -> impl Strategy<Value = Value> {
 }
 
 fn arb_pod() -> impl Strategy<Value = Value> {
-    (arb_sysctls(), any::<bool>(), any::<bool>(), prop::option::of(prop::sample::select(vec!["ingress", "general", "gpu"])), any::<bool>(), prop::option::of("[a-z/@, ]{0,12}"))
-        .prop_map(|(sysctls, host_net, with_sc, pool, with_ann, networks)| {
-            let mut spec = json!({"hostNetwork": host_net});
-            if with_sc {
-                spec["securityContext"] = json!({"sysctls": sysctls.iter().map(|(n, v)| json!({"name": NAMES[*n], "value": VALUES[*v]})).collect::<Vec<_>>()});
+    (
+        (arb_sysctls(), prop::bool::weighted(0.15), prop::bool::weighted(0.1), 0..4usize),
+        prop::option::of(prop::sample::select(vec!["ingress", "general", "gpu"])),
+        any::<bool>(),
+        prop::option::of("[a-z/@, ]{0,12}|\\[\\{\"name\":\"[a-z]{1,3}\"\\}\\]|\\[\\{"),
+        prop::option::of(prop::sample::select(vec!["web", "db"])),
+        0..3usize,
+    )
+        .prop_map(|((sysctls, host_net, host_ipc, sc_shape), pool, with_ann, networks, app, decision)| {
+            let mut spec = json!({"hostNetwork": host_net, "hostIPC": host_ipc});
+            let list: Vec<Value> = sysctls.iter().map(|(n, v)| json!({"name": n, "value": v})).collect();
+            match sc_shape {
+                0 => {}
+                1 => spec["securityContext"] = json!({"sysctls": list}),
+                2 => spec["securityContext"] = json!({"runAsNonRoot": true}),
+                _ => spec["securityContext"] = json!({"sysctls": null}),
             }
             if let Some(p) = pool {
                 spec["nodeSelector"] = json!({"pool": p});
             }
-            let mut meta = json!({});
+            let mut meta = json!({"labels": {}});
+            if let Some(a) = app {
+                meta["labels"]["app"] = json!(a);
+            }
             if with_ann {
                 meta["annotations"] = json!({"x/y": "z"});
                 if let Some(n) = networks {
                     meta["annotations"]["k8s.v1.cni.cncf.io/networks"] = json!(n);
+                }
+                // A stale or garbage decision record must not confuse the planner.
+                match decision {
+                    1 => meta["annotations"]["kubetune.dev/decision"] = json!("{not json"),
+                    2 => meta["annotations"]["kubetune.dev/decision"] = json!({"version": 1, "policies": [], "entries": [
+                        {"policy": "a", "generation": 1, "sysctl": sysctls.first().map_or("net.core.somaxconn", |s| s.0.as_str()), "value": sysctls.first().map_or("1", |s| s.1.as_str()),
+                         "outcome": "Injected", "delivery": "PodSecurityContext", "reason": "SafeSysctl", "message": "m"}]}).to_string().into(),
+                    _ => {}
                 }
             }
             json!({"metadata": meta, "spec": spec})
         })
 }
 
-fn snapshot(policies: Vec<Value>, cni: bool) -> Snapshot {
+fn snapshot(policies: Vec<Value>, cni: bool, psa: usize) -> Snapshot {
     let policies = policies
         .into_iter()
         .map(|mut spec| {
@@ -97,44 +142,74 @@ fn snapshot(policies: Vec<Value>, cni: bool) -> Snapshot {
             policy(&name, spec)
         })
         .collect();
+    let labels: &[(&str, &str)] = match psa {
+        0 => &[],
+        1 => &[("pod-security.kubernetes.io/enforce", "baseline")],
+        2 => &[
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+            ("pod-security.kubernetes.io/enforce-version", "v1.27"),
+        ],
+        _ => &[("pod-security.kubernetes.io/enforce", "privileged")],
+    };
+    let shop = NamespaceFacts {
+        name: "shop".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
     Snapshot {
         policies,
-        namespaces: Default::default(),
+        namespaces: [("shop".to_string(), shop)].into(),
         facts: facts(cni),
     }
 }
 
-fn patch_of(resp: &Value) -> Option<json_patch::Patch> {
-    use base64::Engine;
-    let b64 = resp["response"]["patch"].as_str()?;
-    Some(
-        serde_json::from_slice(
-            &base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap(),
-        )
-        .unwrap(),
-    )
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, max_shrink_iters: 500, ..ProptestConfig::default() })]
 
+    /// decode -> plan -> patch on arbitrary pods and policies: always allowed, the patch applies
+    /// to the object exactly as sent, only touches sysctls and annotations, never changes or
+    /// drops the pod's own sysctls, and re-invocation on the result patches nothing.
     #[test]
-    fn plan_patch_apply_is_total_and_idempotent(policies in prop::collection::vec(arb_policy(), 0..4), p in arb_pod(), cni in any::<bool>()) {
-        let snap = snapshot(policies, cni);
+    fn plan_patch_apply_is_total_and_idempotent(policies in prop::collection::vec(arb_policy(), 1..4), p in arb_pod(), cni in any::<bool>(), psa in 0..4usize) {
+        let snap = snapshot(policies, cni, psa);
         let cfg = Config::new("kubetune-system", &[]);
-        let pod0 = pod(p);
-        let r = mutate(review(&pod0, "p").to_string().as_bytes(), &snap, &cfg).unwrap();
-        let wire = &r.review;
+        let mut raw = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {"containers": [{"name": "nginx", "image": "nginx"}]}});
+        merge(&mut raw, p);
+        let mut req = review(&pod(json!({})), "p");
+        req["request"]["object"] = raw.clone();
+        let r = mutate(req.to_string().as_bytes(), &snap, &cfg).unwrap();
+        let wire = r.json();
         prop_assert_eq!(&wire["response"]["allowed"], &json!(true));
-        if let Some(patch) = patch_of(wire) {
-            let mut doc = serde_json::to_value(&pod0).unwrap();
+        prop_assert_eq!(&wire["response"]["uid"], &json!("p"));
+        if let Some(patch) = r.patch() {
+            for op in serde_json::to_value(&patch).unwrap().as_array().unwrap() {
+                let path = op["path"].as_str().unwrap();
+                prop_assert!(path.starts_with("/metadata/annotations") || path.starts_with("/spec"), "{}", path);
+                prop_assert!(path != "/spec" || raw["spec"].is_null());
+            }
+            let mut doc = raw.clone();
             json_patch::patch(&mut doc, &patch).map_err(|e| TestCaseError::fail(format!("patch does not apply: {e}")))?;
-            let pod1: k8s_openapi::api::core::v1::Pod = serde_json::from_value(doc).unwrap();
-            let r2 = mutate(review(&pod1, "p2").to_string().as_bytes(), &snap, &cfg).unwrap();
-            let wire2 = r2.review;
+            // Containers and everything else untouched.
+            prop_assert_eq!(&doc["spec"]["containers"], &raw["spec"]["containers"]);
+            prop_assert_eq!(&doc["spec"]["hostNetwork"], &raw["spec"]["hostNetwork"]);
+            // The pod's sysctls are a prefix-preserving superset: nothing removed, order kept.
+            let before = raw["spec"]["securityContext"]["sysctls"].as_array().cloned().unwrap_or_default();
+            let after = doc["spec"]["securityContext"]["sysctls"].as_array().cloned().unwrap_or_default();
+            prop_assert!(after.len() >= before.len());
+            prop_assert_eq!(
+                after[..before.len()].iter().map(|s| s["name"].clone()).collect::<Vec<_>>(),
+                before.iter().map(|s| s["name"].clone()).collect::<Vec<_>>()
+            );
+            let mut req2 = review(&pod(json!({})), "p2");
+            req2["request"]["object"] = doc.clone();
+            let r2 = mutate(req2.to_string().as_bytes(), &snap, &cfg).unwrap();
+            let wire2 = r2.json();
             prop_assert!(wire2["response"]["patch"].is_null(), "second invocation patched again: {}", wire2);
+            prop_assert_eq!(&wire2["response"]["allowed"], &json!(true));
         }
     }
 
@@ -143,7 +218,7 @@ proptest! {
         let snap = Snapshot::default();
         let cfg = Config::new("kubetune-system", &[]);
         if let Ok(r) = mutate(&body, &snap, &cfg) {
-            prop_assert_eq!(&r.review["response"]["allowed"], &json!(true));
+            prop_assert_eq!(&r.json()["response"]["allowed"], &json!(true));
         }
     }
 
@@ -154,8 +229,8 @@ proptest! {
         if let Some(slot) = v.pointer_mut(path) {
             *slot = replacement;
         }
-        let snap = snapshot(vec![json!({"__name": "a", "preset": "IpvsIdleKeepalive"})], false);
+        let snap = snapshot(vec![json!({"__name": "a", "preset": "IpvsIdleKeepalive"})], false, 0);
         let r = mutate(v.to_string().as_bytes(), &snap, &Config::new("kt", &[])).unwrap();
-        prop_assert_eq!(&r.review["response"]["allowed"], &json!(true));
+        prop_assert_eq!(&r.json()["response"]["allowed"], &json!(true));
     }
 }
