@@ -1,0 +1,446 @@
+//! Reconciler tests against a mocked Kubernetes API (tower-test): the exact requests the
+//! reconcilers send.
+
+mod fixtures;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fixtures::*;
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use kubetune_crds::facts::ClusterFacts;
+use kubetune_crds::policy::{condition, TuningPolicy};
+use kubetune_crds::report::{Diagnosis, ListenerReport};
+use kubetune_operator::controller::{
+    error_policy, reconcile, reconcile_report, Context, Error, RESYNC,
+};
+use kubetune_operator::metrics::Metrics;
+use kubetune_operator::status::compute_status;
+use serde_json::{json, Value};
+use tower_test::mock::{self, Handle};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn store<K>(objs: Vec<K>) -> Store<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store::<K>();
+    for o in objs {
+        writer.apply_watcher_event(&watcher::Event::Apply(o));
+    }
+    reader
+}
+
+struct Setup {
+    ctx: Arc<Context>,
+    handle: ApiHandle,
+}
+
+fn setup(
+    policies: Vec<TuningPolicy>,
+    pods: Vec<Pod>,
+    reports: Vec<ListenerReport>,
+    facts: ClusterFacts,
+    now: i64,
+) -> Setup {
+    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let ctx = Context::new(
+        client,
+        store(policies),
+        store(pods),
+        store(reports),
+        store(Vec::<Namespace>::new()),
+        Arc::new(RwLock::new(facts)),
+        Arc::new(Metrics::default()),
+        Arc::new(move || t(now)),
+    );
+    Setup {
+        ctx: Arc::new(ctx),
+        handle,
+    }
+}
+
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// Take the next request, answer it with `reply(body)` (status 200), return what was seen.
+async fn answer(handle: &mut ApiHandle, reply: impl FnOnce(&Value) -> Value) -> Seen {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("a request within 5 s")
+        .expect("service alive");
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let out = reply(&body);
+    send.send_response(
+        Response::builder()
+            .status(200)
+            .body(Body::from(serde_json::to_vec(&out).unwrap()))
+            .unwrap(),
+    );
+    Seen {
+        method,
+        path,
+        query,
+        content_type,
+        body,
+    }
+}
+
+fn as_object(p: &TuningPolicy, status: &Value) -> Value {
+    let mut v = serde_json::to_value(p).unwrap();
+    v["status"] = status.clone();
+    v
+}
+
+fn verified_world() -> (TuningPolicy, Vec<Pod>, Vec<ListenerReport>) {
+    let p = policy("web", 1, "web", &[("net.core.somaxconn", "8192")]);
+    let rec = [injected("web", 1, "net.core.somaxconn", "8192")];
+    let pods = vec![pod("web-1", "web", 100, Some(&rec))];
+    let reports = vec![report(
+        "web-1",
+        R {
+            observed_at: 110,
+            ..R::default()
+        },
+    )];
+    (p, pods, reports)
+}
+
+#[tokio::test]
+async fn status_is_server_side_applied_to_the_status_subresource_and_events_follow() {
+    let (p, pods, reports) = verified_world();
+    let Setup { ctx, mut handle } = setup(
+        vec![p.clone()],
+        pods.clone(),
+        reports.clone(),
+        facts_allowing_somaxconn(),
+        500,
+    );
+    let expected_status = compute_status(&p, &pods, &reports, &facts_allowing_somaxconn(), t(500));
+    let pp = p.clone();
+    let server = tokio::spawn(async move {
+        let patch = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        let ev1 = answer(&mut handle, |b| b.clone()).await;
+        let ev2 = answer(&mut handle, |b| b.clone()).await;
+        (patch, ev1, ev2)
+    });
+    let action = reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
+    let (patch, ev1, ev2) = server.await.unwrap();
+
+    assert_eq!(patch.method, "PATCH");
+    assert_eq!(
+        patch.path,
+        "/apis/kubetune.dev/v1alpha1/namespaces/shop/tuningpolicies/web/status"
+    );
+    let mut q: Vec<&str> = patch.query.split('&').filter(|s| !s.is_empty()).collect();
+    q.sort();
+    assert_eq!(q, vec!["fieldManager=kubetune-operator", "force=true"]);
+    assert_eq!(patch.content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        patch.body,
+        json!({
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "TuningPolicy",
+            "status": serde_json::to_value(&expected_status).unwrap(),
+        })
+    );
+    // The literal values a user sees in `kubectl get tuningpolicies`.
+    let s = &patch.body["status"];
+    assert_eq!(s["phase"], "Verified");
+    assert_eq!(s["summary"], "net.core.somaxconn=8192");
+    assert_eq!(
+        (
+            &s["matchedPods"],
+            &s["appliedPods"],
+            &s["verifiedPods"],
+            &s["overflowingPods"],
+            &s["needsRestartPods"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(0), &json!(0))
+    );
+    assert_eq!(s["observedGeneration"], 1);
+    let conds = s["conditions"].as_array().unwrap();
+    let types: Vec<&str> = conds.iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        vec![condition::ACCEPTED, condition::APPLIED, condition::VERIFIED]
+    );
+    for c in conds {
+        assert_eq!(c["status"], "True");
+        assert_eq!(c["observedGeneration"], 1);
+        assert_eq!(c["lastTransitionTime"], "2025-01-01T00:08:20Z");
+    }
+    assert_eq!(s["sysctls"][0]["delivery"], "PodSecurityContext");
+    assert_eq!(s["sysctls"][0]["reason"], "AllowedUnsafeSysctl");
+
+    for (ev, reason) in [(&ev1, "Applied"), (&ev2, "Verified")] {
+        assert_eq!(ev.method, "POST");
+        assert_eq!(ev.path, "/apis/events.k8s.io/v1/namespaces/shop/events");
+        assert_eq!(ev.body["reason"], reason);
+        assert_eq!(ev.body["type"], "Normal");
+        assert_eq!(ev.body["regarding"]["kind"], "TuningPolicy");
+        assert_eq!(ev.body["regarding"]["name"], "web");
+        assert_eq!(ev.body["reportingController"], "kubetune-operator");
+    }
+    assert_eq!(action, Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn unchanged_status_sends_nothing_and_waiting_pod_requeues_at_window_end() {
+    let (mut p, pods, reports) = verified_world();
+    // At t=200 the pod (started at 100) is not verified yet; window ends at 400.
+    p.status = Some(compute_status(
+        &p,
+        &pods,
+        &reports,
+        &facts_allowing_somaxconn(),
+        t(150),
+    ));
+    let Setup { ctx, mut handle } = setup(
+        vec![p.clone()],
+        pods,
+        reports,
+        facts_allowing_somaxconn(),
+        200,
+    );
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(p), ctx))
+        .await
+        .expect("no API call expected, so no wait")
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(201)));
+    // No request was made.
+    let none = tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await;
+    // Ok(None): the client was dropped without ever sending; Err: nothing arrived in time.
+    assert!(
+        matches!(none, Err(_) | Ok(None)),
+        "no request expected, got one"
+    );
+}
+
+#[tokio::test]
+async fn needs_restart_status_and_event() {
+    let p = policy("web", 2, "web", &[("net.core.somaxconn", "16384")]);
+    let rec = [injected("web", 1, "net.core.somaxconn", "8192")];
+    let pods = vec![pod("web-1", "web", 100, Some(&rec))];
+    let Setup { ctx, mut handle } = setup(
+        vec![p.clone()],
+        pods,
+        vec![],
+        facts_allowing_somaxconn(),
+        500,
+    );
+    let pp = p.clone();
+    let server = tokio::spawn(async move {
+        let patch = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        let ev = answer(&mut handle, |b| b.clone()).await;
+        (patch, ev)
+    });
+    reconcile(Arc::new(p), ctx).await.unwrap();
+    let (patch, ev) = server.await.unwrap();
+    assert_eq!(patch.body["status"]["phase"], "PodsNeedRestart");
+    assert_eq!(patch.body["status"]["needsRestartPods"], 1);
+    assert_eq!(patch.body["status"]["summary"], "net.core.somaxconn=16384");
+    assert_eq!(ev.body["reason"], "PodsNeedRestart");
+}
+
+#[tokio::test]
+async fn invalid_policy_waits_for_a_change() {
+    let p = policy("bad", 1, "web", &[("kernel.pid_max", "65536")]);
+    let Setup { ctx, mut handle } = setup(
+        vec![p.clone()],
+        vec![],
+        vec![],
+        facts_allowing_somaxconn(),
+        10,
+    );
+    let pp = p.clone();
+    let server = tokio::spawn(async move {
+        let patch = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        let ev = answer(&mut handle, |b| b.clone()).await;
+        let ev2 = answer(&mut handle, |b| b.clone()).await;
+        (patch, ev, ev2)
+    });
+    let action = reconcile(Arc::new(p), ctx).await.unwrap();
+    let (patch, ev, ev2) = server.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(patch.body["status"]["phase"], "Invalid");
+    let accepted = &patch.body["status"]["conditions"][0];
+    assert_eq!(accepted["reason"], "InvalidSpec");
+    assert!(
+        accepted["message"].as_str().unwrap().contains("node-level"),
+        "{accepted}"
+    );
+    assert_eq!(ev.body["reason"], "NotAccepted");
+    assert_eq!(ev.body["type"], "Warning");
+    assert_eq!(ev2.body["reason"], "Refused");
+}
+
+#[tokio::test]
+async fn api_error_is_counted_and_backs_off_exponentially() {
+    let (p, pods, reports) = verified_world();
+    let Setup { ctx, mut handle } = setup(
+        vec![p.clone()],
+        pods,
+        reports,
+        facts_allowing_somaxconn(),
+        500,
+    );
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (_req, send) = handle.next_request().await.unwrap();
+            send.send_response(
+                Response::builder()
+                    .status(409)
+                    .body(Body::from(
+                        serde_json::to_vec(&json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "message": "conflict", "reason": "Conflict", "code": 409
+                        }))
+                        .unwrap(),
+                    ))
+                    .unwrap(),
+            );
+        }
+    });
+    let p = Arc::new(p);
+    let e1 = reconcile(p.clone(), ctx.clone()).await.unwrap_err();
+    assert!(matches!(e1, Error::Kube(kube::Error::Api(_))), "{e1:?}");
+    assert_eq!(
+        error_policy(p.clone(), &e1, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    let e2 = reconcile(p.clone(), ctx.clone()).await.unwrap_err();
+    assert_eq!(
+        error_policy(p.clone(), &e2, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    server.await.unwrap();
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("kubetune_operator_reconcile_failures_total{error=\"api\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn report_gets_recommendation_and_pod_gets_event() {
+    let pd = pod("web-1", "web", 0, None);
+    let rep = report(
+        "web-1",
+        R {
+            somaxconn: 4096,
+            diagnosis: Diagnosis::SomaxconnBound,
+            recent: 50,
+            total: 50,
+            requested_backlog: Some(6000),
+            observed_at: 60,
+            ..R::default()
+        },
+    );
+    let Setup { ctx, mut handle } = setup(
+        vec![],
+        vec![pd],
+        vec![rep.clone()],
+        facts_allowing_somaxconn(),
+        100,
+    );
+    let r2 = rep.clone();
+    let server = tokio::spawn(async move {
+        let patch = answer(&mut handle, |b| {
+            let mut v = serde_json::to_value(&r2).unwrap();
+            v["status"] = b["status"].clone();
+            v
+        })
+        .await;
+        let ev = answer(&mut handle, |b| b.clone()).await;
+        (patch, ev)
+    });
+    let action = reconcile_report(Arc::new(rep), ctx.clone()).await.unwrap();
+    let (patch, ev) = server.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(patch.method, "PATCH");
+    assert_eq!(
+        patch.path,
+        "/apis/kubetune.dev/v1alpha1/namespaces/shop/listenerreports/web-1/status"
+    );
+    assert!(patch.query.contains("fieldManager=kubetune-operator"));
+    assert_eq!(patch.content_type, "application/apply-patch+yaml");
+    assert_eq!(patch.body["kind"], "ListenerReport");
+    let yaml = patch.body["status"]["recommendation"].as_str().unwrap();
+    let recommended: TuningPolicy = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(recommended.spec.sysctls.as_ref().unwrap()[0].value, "8192");
+    assert!(patch.body["status"].get("policies").is_none());
+    assert_eq!(ev.path, "/apis/events.k8s.io/v1/namespaces/shop/events");
+    assert_eq!(ev.body["regarding"]["kind"], "Pod");
+    assert_eq!(ev.body["regarding"]["name"], "web-1");
+    assert_eq!(ev.body["reason"], "SomaxconnBound");
+    assert_eq!(ev.body["type"], "Warning");
+}
+
+#[tokio::test]
+async fn selected_report_lists_policies_and_no_recommendation() {
+    let p = policy("web", 1, "web", &[("net.core.somaxconn", "8192")]);
+    let pd = pod("web-1", "web", 0, None);
+    let mut rep = report(
+        "web-1",
+        R {
+            somaxconn: 4096,
+            diagnosis: Diagnosis::SomaxconnBound,
+            recent: 50,
+            total: 50,
+            requested_backlog: Some(6000),
+            ..R::default()
+        },
+    );
+    // A stale recommendation from before the policy existed is removed.
+    rep.status = Some(kubetune_crds::report::ListenerReportStatus {
+        recommendation: Some("old".into()),
+        policies: vec![],
+    });
+    let Setup { ctx, mut handle } = setup(
+        vec![p],
+        vec![pd],
+        vec![rep.clone()],
+        facts_allowing_somaxconn(),
+        100,
+    );
+    let r2 = rep.clone();
+    let server = tokio::spawn(async move {
+        answer(&mut handle, |b| {
+            let mut v = serde_json::to_value(&r2).unwrap();
+            v["status"] = b["status"].clone();
+            v
+        })
+        .await
+    });
+    reconcile_report(Arc::new(rep), ctx).await.unwrap();
+    let patch = server.await.unwrap();
+    assert_eq!(patch.body["status"], json!({"policies": ["web"]}));
+}
