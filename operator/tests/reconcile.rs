@@ -444,3 +444,104 @@ async fn selected_report_lists_policies_and_no_recommendation() {
     let patch = server.await.unwrap();
     assert_eq!(patch.body["status"], json!({"policies": ["web"]}));
 }
+
+fn tuning_cni_world() -> (TuningPolicy, ClusterFacts) {
+    use kubetune_crds::facts::TuningCni;
+    let p = policy("web", 1, "web", &[("net.core.somaxconn", "8192")]);
+    let facts = ClusterFacts {
+        tuning_cni: Some(TuningCni {
+            network_name: "kubetune-tuning".into(),
+        }),
+        ..facts_strict()
+    };
+    (p, facts)
+}
+
+#[tokio::test]
+async fn tuning_cni_policy_gets_a_nad_applied() {
+    let (p, facts) = tuning_cni_world();
+    let Setup { ctx, mut handle } = setup(vec![p.clone()], vec![], vec![], facts, 10);
+    let pp = p.clone();
+    let server = tokio::spawn(async move {
+        let discovery = answer(&mut handle, |_| {
+            json!({
+                "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "k8s.cni.cncf.io/v1",
+                "resources": [{
+                    "name": "network-attachment-definitions", "singularName": "network-attachment-definition",
+                    "namespaced": true, "kind": "NetworkAttachmentDefinition",
+                    "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]
+                }]
+            })
+        })
+        .await;
+        let status = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        let nad = answer(&mut handle, |b| b.clone()).await;
+        (discovery, status, nad)
+    });
+    reconcile(Arc::new(p), ctx).await.unwrap();
+    let (discovery, status, nad) = server.await.unwrap();
+    assert_eq!(discovery.path, "/apis/k8s.cni.cncf.io/v1");
+    assert_eq!(status.body["status"]["sysctls"][0]["delivery"], "TuningCNI");
+    assert_eq!(status.body["status"]["conditions"][0]["status"], "True");
+    assert_eq!(nad.method, "PATCH");
+    assert_eq!(
+        nad.path,
+        "/apis/k8s.cni.cncf.io/v1/namespaces/shop/network-attachment-definitions/kubetune-tuning"
+    );
+    assert!(nad.query.contains("fieldManager=kubetune-operator"));
+    assert_eq!(nad.content_type, "application/apply-patch+yaml");
+    assert_eq!(nad.body["metadata"]["ownerReferences"][0]["name"], "web");
+    assert!(nad.body["spec"]["config"]
+        .as_str()
+        .unwrap()
+        .contains("\"type\":\"tuning\""));
+}
+
+#[tokio::test]
+async fn missing_nad_crd_reports_tuning_cni_unavailable() {
+    let (p, facts) = tuning_cni_world();
+    let Setup { ctx, mut handle } = setup(vec![p.clone()], vec![], vec![], facts, 10);
+    let pp = p.clone();
+    let server = tokio::spawn(async move {
+        let (_req, send) = handle.next_request().await.unwrap();
+        send.send_response(
+            Response::builder()
+                .status(404)
+                .body(Body::from(
+                    serde_json::to_vec(&json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "the server could not find the requested resource",
+                        "reason": "NotFound", "code": 404
+                    }))
+                    .unwrap(),
+                ))
+                .unwrap(),
+        );
+        let status = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        // Events follow (NotAccepted); answer whatever comes, no NAD request may be among them.
+        let mut rest = Vec::new();
+        while let Ok(Some((req, send))) =
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+        {
+            rest.push(req.uri().path().to_string());
+            send.send_response(
+                Response::builder()
+                    .status(200)
+                    .body(Body::from(b"{}".to_vec()))
+                    .unwrap(),
+            );
+        }
+        (status, rest)
+    });
+    reconcile(Arc::new(p), ctx).await.unwrap();
+    let (status, rest) = server.await.unwrap();
+    let accepted = &status.body["status"]["conditions"][0];
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "TuningCNIUnavailable");
+    assert!(accepted["message"].as_str().unwrap().contains("Multus"));
+    assert_eq!(status.body["status"]["phase"], "Refused");
+    assert!(
+        rest.iter().all(|p| p.contains("/events")),
+        "no NAD request: {rest:?}"
+    );
+}
