@@ -250,6 +250,7 @@ fn netns_disappearing_mid_scan() {
         .spawn_listener(ListenerSpec::never_accepting(8))
         .unwrap();
     let (ki, gi) = (keep.inode().unwrap(), gone.inode().unwrap());
+    let gone_name = gone.name().to_string();
     let refs: Vec<_> = netns::enumerate()
         .into_iter()
         .filter(|r| r.inode == ki || r.inode == gi)
@@ -272,10 +273,13 @@ fn netns_disappearing_mid_scan() {
     assert_eq!(listener(&snap.netns[0], l1.port()).effective_backlog, 8);
     // And a full sweep never reports it again.
     let again = sc.scan();
-    assert!(again
-        .netns
-        .iter()
-        .all(|n| n.id.inode != gi || n.name.as_deref() != Some("gone")));
+    assert!(
+        again
+            .netns
+            .iter()
+            .all(|n| n.name.as_deref() != Some(gone_name.as_str())),
+        "deleted netns reported again"
+    );
 
     // Concurrent churn: namespaces deleted while a full sweep runs; no panic, no error spiral.
     let churn: Vec<NamedNetns> = (0..8)
