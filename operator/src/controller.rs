@@ -103,18 +103,34 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
 }
 
+/// The reflector stores the reconcilers read.
+#[derive(Clone)]
+pub struct Stores {
+    /// TuningPolicies.
+    pub policies: Store<TuningPolicy>,
+    /// Pods.
+    pub pods: Store<Pod>,
+    /// ListenerReports.
+    pub reports: Store<ListenerReport>,
+    /// Namespaces.
+    pub namespaces: Store<Namespace>,
+}
+
 impl Context {
     /// A context over the given stores.
     pub fn new(
         client: Client,
-        policies: Store<TuningPolicy>,
-        pods: Store<Pod>,
-        reports: Store<ListenerReport>,
-        namespaces: Store<Namespace>,
+        stores: Stores,
         facts: Arc<RwLock<ClusterFacts>>,
         metrics: Arc<Metrics>,
         now: Clock,
     ) -> Self {
+        let Stores {
+            policies,
+            pods,
+            reports,
+            namespaces,
+        } = stores;
         let reporter = Reporter {
             controller: OPERATOR_FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -563,10 +579,12 @@ pub async fn run(client: Client, namespace: String, metrics: Arc<Metrics>) {
     let facts = Arc::new(RwLock::new(ClusterFacts::default()));
     let ctx = Arc::new(Context::new(
         client.clone(),
-        policy_reader.clone(),
-        pod_reader.clone(),
-        report_reader.clone(),
-        ns_reader,
+        Stores {
+            policies: policy_reader.clone(),
+            pods: pod_reader.clone(),
+            reports: report_reader.clone(),
+            namespaces: ns_reader,
+        },
         facts.clone(),
         metrics,
         Arc::new(Timestamp::now),

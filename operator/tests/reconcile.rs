@@ -18,7 +18,7 @@ use kubetune_crds::facts::ClusterFacts;
 use kubetune_crds::policy::{condition, TuningPolicy};
 use kubetune_crds::report::{Diagnosis, ListenerReport};
 use kubetune_operator::controller::{
-    error_policy, reconcile, reconcile_report, Context, Error, RESYNC,
+    error_policy, reconcile, reconcile_report, Context, Error, Stores, RESYNC,
 };
 use kubetune_operator::metrics::Metrics;
 use kubetune_operator::status::compute_status;
@@ -55,10 +55,12 @@ fn setup(
     let client = Client::new(svc, "default");
     let ctx = Context::new(
         client,
-        store(policies),
-        store(pods),
-        store(reports),
-        store(Vec::<Namespace>::new()),
+        Stores {
+            policies: store(policies),
+            pods: store(pods),
+            reports: store(reports),
+            namespaces: store(Vec::<Namespace>::new()),
+        },
         Arc::new(RwLock::new(facts)),
         Arc::new(Metrics::default()),
         Arc::new(move || t(now)),
