@@ -33,9 +33,11 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&watcher::Event::Init);
     for o in objs {
-        writer.apply_watcher_event(&watcher::Event::Apply(o));
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
     }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
     reader
 }
 
@@ -546,4 +548,27 @@ async fn missing_nad_crd_reports_tuning_cni_unavailable() {
         rest.iter().all(|p| p.contains("/events")),
         "no NAD request: {rest:?}"
     );
+}
+
+#[tokio::test]
+async fn no_status_before_the_stores_are_synced() {
+    let (p, _, _) = verified_world();
+    let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (pods, _pod_writer) = reflector::store::<Pod>(); // initial list not done yet
+    let ctx = Arc::new(Context::new(
+        Client::new(svc, "default"),
+        Stores {
+            policies: store(vec![p.clone()]),
+            pods,
+            reports: store(vec![]),
+            namespaces: store(Vec::<Namespace>::new()),
+        },
+        Arc::new(RwLock::new(facts_allowing_somaxconn())),
+        Arc::new(Metrics::default()),
+        Arc::new(|| t(500)),
+    ));
+    let action = reconcile(Arc::new(p), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let none = tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await;
+    assert!(matches!(none, Err(_) | Ok(None)), "no request before sync");
 }
