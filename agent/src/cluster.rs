@@ -338,6 +338,7 @@ mod apply_tests {
             process: None,
             process_count: 1,
             somaxconn: Some(128),
+            sysctls: Default::default(),
             counters: None,
             listeners: vec![listener.clone()],
         };

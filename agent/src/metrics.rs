@@ -284,6 +284,7 @@ mod tests {
                 process: None,
                 process_count: 2,
                 somaxconn: Some(128),
+                sysctls: Default::default(),
                 counters: Some(crate::procfs::ListenCounters {
                     listen_overflows: 42,
                     listen_drops: 42,

@@ -60,6 +60,26 @@ pub fn thread_somaxconn() -> std::io::Result<i64> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Every per-netns sysctl of kubetune's table except `net.core.somaxconn` (reported on its
+/// own), as the calling thread's netns shows it, whitespace collapsed. Unreadable ones are
+/// skipped (e.g. a sysctl this kernel does not have).
+pub fn thread_netns_sysctls() -> std::collections::BTreeMap<String, String> {
+    kubetune_crds::sysctl::TABLE
+        .iter()
+        .filter(|i| {
+            i.scope == kubetune_crds::sysctl::Scope::Network && i.name != "net.core.somaxconn"
+        })
+        .filter_map(|i| {
+            let path = format!("/proc/sys/{}", i.name.replace('.', "/"));
+            let v = std::fs::read_to_string(path).ok()?;
+            Some((
+                i.name.to_string(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            ))
+        })
+        .collect()
+}
+
 /// `comm` of a process.
 pub fn comm(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

@@ -118,6 +118,9 @@ pub struct NetnsObservation {
     pub process_count: usize,
     /// `net.core.somaxconn` now.
     pub somaxconn: Option<i64>,
+    /// The other per-netns sysctls kubetune can set (every `net.*` row of the sysctl table),
+    /// read inside the netns (whitespace collapsed), so the operator can verify any policy.
+    pub sysctls: std::collections::BTreeMap<String, String>,
     /// `TcpExt ListenOverflows` / `ListenDrops`.
     pub counters: Option<ListenCounters>,
     /// TCP listeners, sorted by port then address.
@@ -213,7 +216,7 @@ impl NetnsObservation {
             pod_uid: pod_uid.to_string(),
             node_name: node_name.to_string(),
             somaxconn: self.somaxconn,
-            sysctls: Default::default(),
+            sysctls: self.sysctls.clone(),
             listener_count: listeners.len() as i32,
             overflows_total: listeners.iter().map(|l| l.overflows_total).sum(),
             overflows_recent: listeners.iter().map(|l| l.overflows_recent).sum(),
@@ -250,6 +253,7 @@ struct RawNetns {
     r: NetnsRef,
     cookie: u64,
     somaxconn: Option<i64>,
+    sysctls: std::collections::BTreeMap<String, String>,
     counters: Option<ListenCounters>,
     listeners: Vec<DiagListener>,
 }
@@ -568,6 +572,7 @@ impl Scanner {
             process,
             process_count: raw.r.pids.len(),
             somaxconn: raw.somaxconn,
+            sysctls: raw.sysctls.clone(),
             counters: raw.counters,
             listeners,
         }
@@ -633,6 +638,7 @@ fn sweep(refs: Vec<NetnsRef>) -> (Vec<RawNetns>, usize, Vec<String>) {
                 };
                 raws.push(RawNetns {
                     somaxconn: procfs::thread_somaxconn().ok(),
+                    sysctls: procfs::thread_netns_sysctls(),
                     counters: procfs::thread_listen_counters().ok(),
                     cookie,
                     listeners,

@@ -82,9 +82,13 @@ pub struct ListenerStatus {
     pub queue_now: i64,
     /// Highest accept-queue length seen over the report window.
     pub queue_max: i64,
-    /// Accept-queue overflows counted for this listener since the agent first saw it.
+    /// Accept-queue overflows of this listening socket over its lifetime as the agent can count
+    /// them: the larger of the eBPF per-listener count and the socket's drop counter capped by
+    /// the netns's `TcpExtListenOverflows` (exact when one listener of the netns overflows, an
+    /// upper bound when several do).
     pub overflows_total: i64,
-    /// Overflows in the report window (see `windowSeconds`).
+    /// Overflows in the report window (see `windowSeconds`); a listener seen for the first time
+    /// reports all its overflows as recent (they cannot be dated).
     pub overflows_recent: i64,
     /// Which limit sets `effectiveBacklog`.
     pub limited_by: LimitedBy,

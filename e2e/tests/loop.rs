@@ -117,6 +117,20 @@ async fn scenario(tag: &str, ebpf: EbpfMode) {
     let web = &out.after["web"];
     let api = &out.after["api"];
     assert_eq!(web.report.somaxconn, Some(4096));
+    // The agent also reports the other per-netns sysctls policies can set, read in the pod netns.
+    assert_eq!(
+        web.report
+            .sysctls
+            .get("net.ipv4.tcp_max_syn_backlog")
+            .map(String::as_str)
+            .is_some(),
+        true
+    );
+    assert!(web
+        .report
+        .sysctls
+        .get("net.ipv4.ip_local_port_range")
+        .is_some_and(|v| v.split(' ').count() == 2));
     assert_eq!(
         web.nstat_overflows, 0,
         "ground truth: web stopped overflowing"
