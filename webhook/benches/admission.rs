@@ -98,15 +98,39 @@ struct Figures {
     rps: f64,
     p50: Duration,
     p99: Duration,
+    /// Process CPU time (user + system, server and clients together) per review.
+    cpu_per_review: Duration,
 }
 
-fn figures(mut all: Vec<Duration>, wall: Duration) -> Figures {
+/// User + system CPU time of this process so far (from /proc/self/stat, clock ticks).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / 100.0)
+}
+
+/// Latencies and time of one measured run.
+struct Run {
+    lat: Vec<Duration>,
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn figures(runs: Vec<Run>) -> Figures {
+    let wall: Duration = runs.iter().map(|r| r.wall).sum();
+    let cpu: Duration = runs.iter().map(|r| r.cpu).sum();
+    let mut all: Vec<Duration> = runs.into_iter().flat_map(|r| r.lat).collect();
     all.sort();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     Figures {
         rps: all.len() as f64 / wall.as_secs_f64(),
         p50: pct(0.50),
         p99: pct(0.99),
+        cpu_per_review: cpu / all.len() as u32,
     }
 }
 
@@ -133,9 +157,10 @@ async fn saturate(
     clients: usize,
     per_client: usize,
     body: Bytes,
-) -> Figures {
+) -> Run {
     let conns = connect_all(addr, ca, clients).await;
     let start = Instant::now();
+    let cpu0 = process_cpu();
     let mut tasks = Vec::new();
     for mut c in conns {
         let body = body.clone();
@@ -155,7 +180,11 @@ async fn saturate(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    figures(all, start.elapsed())
+    Run {
+        lat: all,
+        wall: start.elapsed(),
+        cpu: process_cpu() - cpu0,
+    }
 }
 
 /// Open loop at a fixed offered rate: request k of client c is due at a fixed time. When the
@@ -168,8 +197,9 @@ async fn fixed_rate(
     rate: f64,
     seconds: f64,
     body: Bytes,
-) -> Figures {
+) -> Run {
     let conns = connect_all(addr, ca, clients).await;
+    let cpu0 = process_cpu();
     let per_client = ((rate * seconds) as usize / clients).max(1);
     let interval = Duration::from_secs_f64(clients as f64 / rate);
     let start = Instant::now() + Duration::from_millis(5);
@@ -198,25 +228,38 @@ async fn fixed_rate(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    figures(all, start.elapsed())
+    Run {
+        lat: all,
+        wall: start.elapsed(),
+        cpu: process_cpu() - cpu0,
+    }
+}
+
+fn header() {
+    println!(
+        "  {:<24} {:>10} {:>10} {:>10} {:>14}",
+        "handler", "reviews/s", "p50", "p99", "CPU/review"
+    );
 }
 
 fn row(name: &str, f: &Figures) {
     println!(
-        "  {:<24} {:>10.0} {:>8.0}µs {:>8.0}µs",
+        "  {:<24} {:>10.0} {:>8.0}µs {:>8.0}µs {:>12.0}µs",
         name,
         f.rps,
         f.p50.as_secs_f64() * 1e6,
-        f.p99.as_secs_f64() * 1e6
+        f.p99.as_secs_f64() * 1e6,
+        f.cpu_per_review.as_secs_f64() * 1e6
     );
 }
 
 fn ratio(real: &Figures, noop: &Figures) {
     println!(
-        "  ratio kubetune/no-op: throughput {:.2}, p50 {:.2}, p99 {:.2}",
+        "  ratio kubetune/no-op: throughput {:.2}, p50 {:.2}, p99 {:.2}, CPU/review {:.2}",
         real.rps / noop.rps,
         real.p50.as_secs_f64() / noop.p50.as_secs_f64(),
-        real.p99.as_secs_f64() / noop.p99.as_secs_f64()
+        real.p99.as_secs_f64() / noop.p99.as_secs_f64(),
+        real.cpu_per_review.as_secs_f64() / noop.cpu_per_review.as_secs_f64()
     );
 }
 
@@ -279,18 +322,40 @@ fn main() {
         let _ = saturate(a2, &ca, clients, 200, body.clone()).await;
         let _ = saturate(a1, &ca, clients, 200, body.clone()).await;
 
-        println!("\n1) saturation (closed loop, {per_client} reviews per client):");
-        println!("  {:<24} {:>10} {:>10} {:>10}", "handler", "reviews/s", "p50", "p99");
-        let noop = saturate(a2, &ca, clients, per_client, body.clone()).await;
-        let real = saturate(a1, &ca, clients, per_client, body.clone()).await;
+        // Each measurement is split into ROUNDS alternating no-op / kubetune (and which goes
+        // first), so load from other processes on the machine hits both alike.
+        const ROUNDS: usize = 4;
+        println!("\n1) saturation (closed loop, {} reviews per client in {ROUNDS} alternating rounds):", per_client / ROUNDS * ROUNDS);
+        header();
+        let (mut n, mut r) = (Vec::new(), Vec::new());
+        for i in 0..ROUNDS {
+            if i % 2 == 0 {
+                n.push(saturate(a2, &ca, clients, per_client / ROUNDS, body.clone()).await);
+                r.push(saturate(a1, &ca, clients, per_client / ROUNDS, body.clone()).await);
+            } else {
+                r.push(saturate(a1, &ca, clients, per_client / ROUNDS, body.clone()).await);
+                n.push(saturate(a2, &ca, clients, per_client / ROUNDS, body.clone()).await);
+            }
+        }
+        let (noop, real) = (figures(n), figures(r));
         row("kubetune /mutate", &real);
         row("no-op (same TLS stack)", &noop);
         ratio(&real, &noop);
 
-        println!("\n2) fixed offered load {rate:.0} reviews/s for {seconds:.0} s (open loop; latency from the send, or from the scheduled time when the connection was still busy):");
-        println!("  {:<24} {:>10} {:>10} {:>10}", "handler", "reviews/s", "p50", "p99");
-        let noop = fixed_rate(a2, &ca, clients, rate, seconds, body.clone()).await;
-        let real = fixed_rate(a1, &ca, clients, rate, seconds, body.clone()).await;
+        println!("\n2) fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):");
+        header();
+        let (mut n, mut r) = (Vec::new(), Vec::new());
+        let part = seconds / ROUNDS as f64;
+        for i in 0..ROUNDS {
+            if i % 2 == 0 {
+                n.push(fixed_rate(a2, &ca, clients, rate, part, body.clone()).await);
+                r.push(fixed_rate(a1, &ca, clients, rate, part, body.clone()).await);
+            } else {
+                r.push(fixed_rate(a1, &ca, clients, rate, part, body.clone()).await);
+                n.push(fixed_rate(a2, &ca, clients, rate, part, body.clone()).await);
+            }
+        }
+        let (noop, real) = (figures(n), figures(r));
         row("kubetune /mutate", &real);
         row("no-op (same TLS stack)", &noop);
         ratio(&real, &noop);
