@@ -437,6 +437,21 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Delete every `ip netns` whose name starts with `prefix` (cleanup after Ctrl-C or a failure).
+pub fn delete_netns_with_prefix(prefix: &str) {
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,20 +477,5 @@ mod tests {
         let n = "#kernel\nTcpExtListenOverflows           171                0.0\n";
         assert_eq!(parse_nstat(n, "TcpExtListenOverflows"), 171);
         assert_eq!(parse_nstat(n, "TcpExtListenDrops"), 0);
-    }
-}
-
-/// Delete every `ip netns` whose name starts with `prefix` (cleanup after Ctrl-C or a failure).
-pub fn delete_netns_with_prefix(prefix: &str) {
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(prefix) {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", &name])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
     }
 }
