@@ -253,7 +253,8 @@ struct RawNetns {
     r: NetnsRef,
     cookie: u64,
     somaxconn: Option<i64>,
-    sysctls: std::collections::BTreeMap<String, String>,
+    /// Read this scan (`Some`), or `None` when the cached values are still fresh.
+    sysctls: Option<std::collections::BTreeMap<String, String>>,
     counters: Option<ListenCounters>,
     listeners: Vec<DiagListener>,
 }
@@ -269,7 +270,13 @@ pub struct Scanner {
     window: Duration,
     history: HashMap<ListenerId, History>,
     host_netns_inode: u64,
+    /// Per-netns sysctl values and when they were read: pod sysctls are fixed when the sandbox
+    /// is created, so they are re-read only every [`SYSCTL_REFRESH`] (somaxconn every scan).
+    sysctl_cache: HashMap<(u64, u64), (Instant, std::collections::BTreeMap<String, String>)>,
 }
+
+/// How often the per-netns sysctls other than somaxconn are re-read.
+pub const SYSCTL_REFRESH: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Scanner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -316,6 +323,7 @@ impl Scanner {
             window,
             history: HashMap::new(),
             host_netns_inode,
+            sysctl_cache: HashMap::new(),
         }
     }
 
@@ -357,7 +365,22 @@ impl Scanner {
     /// listeners outside them are dropped.
     pub fn scan_refs(&mut self, refs: Vec<NetnsRef>) -> Snapshot {
         let now = Instant::now();
-        let (raws, vanished, errors) = sweep(refs);
+        let fresh: HashSet<(u64, u64)> = self
+            .sysctl_cache
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) < SYSCTL_REFRESH)
+            .map(|(k, _)| *k)
+            .collect();
+        let (mut raws, vanished, errors) = sweep(refs, fresh);
+        let live: HashSet<(u64, u64)> = raws.iter().map(|r| (r.r.inode, r.cookie)).collect();
+        self.sysctl_cache.retain(|k, _| live.contains(k));
+        for raw in &mut raws {
+            let key = (raw.r.inode, raw.cookie);
+            if let Some(read) = raw.sysctls.take() {
+                self.sysctl_cache.insert(key, (now, read));
+            }
+            raw.sysctls = self.sysctl_cache.get(&key).map(|(_, v)| v.clone());
+        }
         let (bpf_listeners, bpf_overflows) = self.read_probe();
         let mut seen: HashSet<ListenerId> = HashSet::new();
         let mut out = Vec::with_capacity(raws.len());
@@ -572,7 +595,7 @@ impl Scanner {
             process,
             process_count: raw.r.pids.len(),
             somaxconn: raw.somaxconn,
-            sysctls: raw.sysctls.clone(),
+            sysctls: raw.sysctls.clone().unwrap_or_default(),
             counters: raw.counters,
             listeners,
         }
@@ -581,7 +604,10 @@ impl Scanner {
 
 /// Visits every netns on one dedicated thread (setns per netns; the thread dies afterwards so
 /// no other thread ever changes namespace).
-fn sweep(refs: Vec<NetnsRef>) -> (Vec<RawNetns>, usize, Vec<String>) {
+fn sweep(
+    refs: Vec<NetnsRef>,
+    sysctls_fresh: HashSet<(u64, u64)>,
+) -> (Vec<RawNetns>, usize, Vec<String>) {
     let worker = std::thread::Builder::new()
         .name("kt-netns-sweep".into())
         .spawn(move || {
@@ -638,7 +664,8 @@ fn sweep(refs: Vec<NetnsRef>) -> (Vec<RawNetns>, usize, Vec<String>) {
                 };
                 raws.push(RawNetns {
                     somaxconn: procfs::thread_somaxconn().ok(),
-                    sysctls: procfs::thread_netns_sysctls(),
+                    sysctls: (!sysctls_fresh.contains(&(r.inode, cookie)))
+                        .then(procfs::thread_netns_sysctls),
                     counters: procfs::thread_listen_counters().ok(),
                     cookie,
                     listeners,
