@@ -101,6 +101,10 @@ fn arb_pod() -> impl Strategy<Value = Value> {
     )
         .prop_map(|((sysctls, host_net, host_ipc, sc_shape), pool, with_ann, networks, app, decision)| {
             let mut spec = json!({"hostNetwork": host_net, "hostIPC": host_ipc});
+            // A pod naming the same sysctl twice is rejected by apiserver validation whatever
+            // the webhook does, so the pod side keeps the first entry per (normalised) name.
+            let mut seen = std::collections::BTreeSet::new();
+            let sysctls: Vec<(String, String)> = sysctls.into_iter().filter(|(n, _)| seen.insert(n.replace('/', "."))).collect();
             let list: Vec<Value> = sysctls.iter().map(|(n, v)| json!({"name": n, "value": v})).collect();
             match sc_shape {
                 0 => {}
