@@ -319,72 +319,54 @@ pub async fn sync(
 /// configuration is skipped with a warning (the manifests may not be applied yet).
 pub async fn patch_ca_bundles(client: &Client, bundle: &str) -> Result<Vec<String>, CertError> {
     let mut patched = Vec::new();
-    let want = bundle.as_bytes();
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    match mutating.get_opt(MUTATING_NAME).await? {
-        Some(cfg) => {
-            let names: Vec<(String, bool)> = cfg
-                .webhooks
-                .unwrap_or_default()
-                .into_iter()
-                .map(|w| {
-                    let same = w
-                        .client_config
-                        .ca_bundle
-                        .as_ref()
-                        .is_some_and(|b| b.0 == want);
-                    (w.name, same)
-                })
-                .collect();
-            if names.iter().any(|(_, same)| !same) {
-                mutating
-                    .patch(
-                        MUTATING_NAME,
-                        &PatchParams::default(),
-                        &Patch::Strategic(ca_patch(&names, bundle)),
-                    )
-                    .await?;
-                patched.push(MUTATING_NAME.to_string());
-            }
-        }
-        None => tracing::warn!(
-            name = MUTATING_NAME,
-            "MutatingWebhookConfiguration not found"
-        ),
+    let webhooks = |cfg: MutatingWebhookConfiguration| {
+        let hooks = cfg.webhooks.unwrap_or_default().into_iter();
+        hooks.map(|w| (w.name, w.client_config.ca_bundle)).collect()
+    };
+    if patch_one(&mutating, MUTATING_NAME, bundle, webhooks).await? {
+        patched.push(MUTATING_NAME.to_string());
     }
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    match validating.get_opt(VALIDATING_NAME).await? {
-        Some(cfg) => {
-            let names: Vec<(String, bool)> = cfg
-                .webhooks
-                .unwrap_or_default()
-                .into_iter()
-                .map(|w| {
-                    let same = w
-                        .client_config
-                        .ca_bundle
-                        .as_ref()
-                        .is_some_and(|b| b.0 == want);
-                    (w.name, same)
-                })
-                .collect();
-            if names.iter().any(|(_, same)| !same) {
-                validating
-                    .patch(
-                        VALIDATING_NAME,
-                        &PatchParams::default(),
-                        &Patch::Strategic(ca_patch(&names, bundle)),
-                    )
-                    .await?;
-                patched.push(VALIDATING_NAME.to_string());
-            }
-        }
-        None => tracing::warn!(
-            name = VALIDATING_NAME,
-            "ValidatingWebhookConfiguration not found"
-        ),
+    let webhooks = |cfg: ValidatingWebhookConfiguration| {
+        let hooks = cfg.webhooks.unwrap_or_default().into_iter();
+        hooks.map(|w| (w.name, w.client_config.ca_bundle)).collect()
+    };
+    if patch_one(&validating, VALIDATING_NAME, bundle, webhooks).await? {
+        patched.push(VALIDATING_NAME.to_string());
     }
     Ok(patched)
+}
+
+/// Patch one webhook configuration's caBundles when any differs from `bundle`; true if patched.
+async fn patch_one<K>(
+    api: &Api<K>,
+    name: &str,
+    bundle: &str,
+    webhooks: impl FnOnce(K) -> Vec<(String, Option<ByteString>)>,
+) -> Result<bool, CertError>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let Some(cfg) = api.get_opt(name).await? else {
+        tracing::warn!(name, "webhook configuration not found");
+        return Ok(false);
+    };
+    let want = bundle.as_bytes();
+    let names: Vec<(String, bool)> = webhooks(cfg)
+        .into_iter()
+        .map(|(n, b)| (n, b.is_some_and(|b| b.0 == want)))
+        .collect();
+    if names.iter().all(|(_, same)| *same) {
+        return Ok(false);
+    }
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Strategic(ca_patch(&names, bundle)),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Strategic merge patch setting `clientConfig.caBundle` of every named webhook (the webhooks
