@@ -378,6 +378,7 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
             },
         )]),
         facts: facts(),
+        ..Default::default()
     })
     .await?;
     writeln!(

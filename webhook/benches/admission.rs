@@ -7,6 +7,10 @@
 //! and KT_BENCH_SECONDS=4 for the fixed-load run, KT_BENCH_WORKERS=2 runtime threads).
 
 use std::sync::Arc;
+
+// The same allocator as the kubetune-webhook binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +18,7 @@ use kubetune_crds::facts::{ClusterFacts, NodeGroup};
 use kubetune_crds::sysctl::KubeVersion;
 use kubetune_webhook::admission::{Config, Snapshot};
 use kubetune_webhook::metrics::Metrics;
+use kubetune_webhook::plan::NamespaceFacts;
 use kubetune_webhook::server::{noop_routes, routes, serve_tls, State, StaticSource};
 use kubetune_webhook::{client, tls};
 use serde_json::json;
@@ -26,11 +31,17 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn review_body() -> Bytes {
+    review_body_with_hash("7d9f8c6b5")
+}
+
+/// The same Deployment pod with another `pod-template-hash` (another rollout): a different pod
+/// shape for the plan memo.
+fn review_body_with_hash(hash: &str) -> Bytes {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "generateName": "web-7d9f8c6b5-", "namespace": "shop",
-            "labels": {"app": "web", "pod-template-hash": "7d9f8c6b5", "tier": "frontend"},
+            "generateName": format!("web-{hash}-"), "namespace": "shop",
+            "labels": {"app": "web", "pod-template-hash": hash, "tier": "frontend"},
             "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-01T10:00:00Z"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8c6b5", "uid": "4b0c5a8e-0000-4000-8000-000000000001", "controller": true, "blockOwnerDeletion": true}]},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("web-{hash}"), "uid": "4b0c5a8e-0000-4000-8000-000000000001", "controller": true, "blockOwnerDeletion": true}]},
         "spec": {"serviceAccountName": "web", "nodeSelector": {"pool": "ingress"},
             "containers": [
                 {"name": "nginx", "image": "nginx:1.27", "ports": [{"containerPort": 8080, "protocol": "TCP"}],
@@ -78,7 +89,19 @@ fn snapshot() -> Snapshot {
     }
     Snapshot {
         policies,
-        namespaces: Default::default(),
+        namespaces: [(
+            "shop".to_string(),
+            NamespaceFacts {
+                name: "shop".into(),
+                labels: [(
+                    "kubernetes.io/metadata.name".to_string(),
+                    "shop".to_string(),
+                )]
+                .into(),
+            },
+        )]
+        .into(),
+        memo: Default::default(),
         facts: ClusterFacts {
             kubernetes_version: KubeVersion::new(1, 31),
             node_groups: vec![NodeGroup {
@@ -92,6 +115,19 @@ fn snapshot() -> Snapshot {
             tuning_cni: None,
         },
     }
+}
+
+/// The reviews a run sends, in turn.
+type Bodies = Arc<Vec<Bytes>>;
+
+/// `n` reviews of `n` different pods (distinct `pod-template-hash`, as from `n` rollouts), none
+/// seen before in this process: every one is planned from scratch.
+fn distinct_bodies(tag: &str, n: usize) -> Bodies {
+    Arc::new(
+        (0..n)
+            .map(|i| review_body_with_hash(&format!("{tag}{i:x}")))
+            .collect(),
+    )
 }
 
 struct Figures {
@@ -156,19 +192,20 @@ async fn saturate(
     ca: &[u8],
     clients: usize,
     per_client: usize,
-    body: Bytes,
+    bodies: Bodies,
 ) -> Run {
     let conns = connect_all(addr, ca, clients).await;
     let start = Instant::now();
     let cpu0 = process_cpu();
     let mut tasks = Vec::new();
-    for mut c in conns {
-        let body = body.clone();
+    for (i, mut c) in conns.into_iter().enumerate() {
+        let bodies = bodies.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_client);
-            for _ in 0..per_client {
+            for k in 0..per_client {
+                let body = bodies[(i * per_client + k) % bodies.len()].clone();
                 let t = Instant::now();
-                let (code, resp) = c.post("/mutate", body.clone()).await.expect("request");
+                let (code, resp) = c.post("/mutate", body).await.expect("request");
                 assert_eq!(code, 200);
                 assert!(resp.len() > 20);
                 lat.push(t.elapsed());
@@ -196,7 +233,7 @@ async fn fixed_rate(
     clients: usize,
     rate: f64,
     seconds: f64,
-    body: Bytes,
+    bodies: Bodies,
 ) -> Run {
     let conns = connect_all(addr, ca, clients).await;
     let cpu0 = process_cpu();
@@ -205,7 +242,7 @@ async fn fixed_rate(
     let start = Instant::now() + Duration::from_millis(5);
     let mut tasks = Vec::new();
     for (i, mut c) in conns.into_iter().enumerate() {
-        let body = body.clone();
+        let bodies = bodies.clone();
         let offset = interval.mul_f64(i as f64 / clients as f64);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_client);
@@ -217,7 +254,8 @@ async fn fixed_rate(
                 let backlogged = Instant::now() > due;
                 tokio::time::sleep_until(due.into()).await;
                 let from = if backlogged { due } else { Instant::now() };
-                let (code, _) = c.post("/mutate", body.clone()).await.expect("request");
+                let body = bodies[(i * per_client + k) % bodies.len()].clone();
+                let (code, _) = c.post("/mutate", body).await.expect("request");
                 assert_eq!(code, 200);
                 lat.push(from.elapsed());
             }
@@ -290,6 +328,14 @@ fn main() {
         let cfg = tls::server_config(Arc::new(Fixed(ck))).unwrap();
         let ca = cert.pem().into_bytes();
         let body = review_body();
+        if let Ok(path) = std::env::var("KT_BENCH_DUMP") {
+            std::fs::write(&path, &body).expect("write the review");
+            let answer = kubetune_webhook::admission::mutate(&body, &snapshot(), &Config::new("kubetune-system", &[])).expect("answer");
+            let patch = serde_json::to_string_pretty(&answer.patch()).expect("patch");
+            std::fs::write(format!("{path}.patch"), patch).expect("write the patch");
+            println!("review written to {path}, its patch to {path}.patch");
+            return;
+        }
 
         let state = Arc::new(State { source: Arc::new(StaticSource(Arc::new(snapshot()))), config: Config::new("kubetune-system", &[]), metrics: Metrics::default() });
         let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -307,52 +353,69 @@ fn main() {
 
         // The handler alone (no TLS/HTTP), to see where time goes.
         {
-            let snap = snapshot();
             let cfg = Config::new("kubetune-system", &[]);
             let n = 20_000;
+            let snap = snapshot();
             let t = Instant::now();
             for _ in 0..n {
                 let r = kubetune_webhook::admission::mutate(&body, &snap, &cfg).unwrap();
                 std::hint::black_box(r.body);
             }
-            println!("handler only (decode+plan+patch+encode, 1 thread): {:.1}µs per review", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            let hit = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+            let distinct = distinct_bodies("h", n);
+            let snap = snapshot();
+            let t = Instant::now();
+            for b in distinct.iter() {
+                let r = kubetune_webhook::admission::mutate(b, &snap, &cfg).unwrap();
+                std::hint::black_box(r.body);
+            }
+            let miss = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+            println!("handler only (1 thread, no TLS/HTTP): {hit:.1}µs per review of a replica (plan memo hit), {miss:.1}µs per review of a new pod shape (decode+plan+patch+encode)");
         }
         println!("real HTTPS server on 127.0.0.1 (tokio-rustls + hyper + warp), {workers} runtime workers shared with the clients, {clients} keep-alive clients, AdmissionReview of {} bytes", body.len());
+        let replicas: Bodies = Arc::new(vec![body.clone()]);
         // Warm-up, then alternate so both handlers see the same machine state.
-        let _ = saturate(a2, &ca, clients, 200, body.clone()).await;
-        let _ = saturate(a1, &ca, clients, 200, body.clone()).await;
+        let _ = saturate(a2, &ca, clients, 200, replicas.clone()).await;
+        let _ = saturate(a1, &ca, clients, 200, replicas.clone()).await;
 
         // Each measurement is split into ROUNDS alternating no-op / kubetune (and which goes
         // first), so load from other processes on the machine hits both alike.
         const ROUNDS: usize = 4;
-        println!("\n1) saturation (closed loop, {} reviews per client in {ROUNDS} alternating rounds):", per_client / ROUNDS * ROUNDS);
-        header();
-        let (mut n, mut r) = (Vec::new(), Vec::new());
-        for i in 0..ROUNDS {
-            if i % 2 == 0 {
-                n.push(saturate(a2, &ca, clients, per_client / ROUNDS, body.clone()).await);
-                r.push(saturate(a1, &ca, clients, per_client / ROUNDS, body.clone()).await);
-            } else {
-                r.push(saturate(a1, &ca, clients, per_client / ROUNDS, body.clone()).await);
-                n.push(saturate(a2, &ca, clients, per_client / ROUNDS, body.clone()).await);
+        let per_round = per_client / ROUNDS;
+        for (title, fresh) in [
+            ("replicas of one Deployment pod: after the first, answered from the plan memo", false),
+            ("every review a different pod shape (new pod-template-hash): planned and patched from scratch", true),
+        ] {
+            println!("\n1{}) saturation, {title} (closed loop, {} reviews per client in {ROUNDS} alternating rounds):", if fresh { "b" } else { "a" }, per_round * ROUNDS);
+            header();
+            let (mut n, mut r) = (Vec::new(), Vec::new());
+            for i in 0..ROUNDS {
+                let bodies = if fresh { distinct_bodies(&format!("r{i}-"), clients * per_round) } else { replicas.clone() };
+                if i % 2 == 0 {
+                    n.push(saturate(a2, &ca, clients, per_round, bodies.clone()).await);
+                    r.push(saturate(a1, &ca, clients, per_round, bodies).await);
+                } else {
+                    r.push(saturate(a1, &ca, clients, per_round, bodies.clone()).await);
+                    n.push(saturate(a2, &ca, clients, per_round, bodies).await);
+                }
             }
+            let (noop, real) = (figures(n), figures(r));
+            row("kubetune /mutate", &real);
+            row("no-op (same TLS stack)", &noop);
+            ratio(&real, &noop);
         }
-        let (noop, real) = (figures(n), figures(r));
-        row("kubetune /mutate", &real);
-        row("no-op (same TLS stack)", &noop);
-        ratio(&real, &noop);
 
-        println!("\n2) fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):");
+        println!("\n2) replicas at a fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):");
         header();
         let (mut n, mut r) = (Vec::new(), Vec::new());
         let part = seconds / ROUNDS as f64;
         for i in 0..ROUNDS {
             if i % 2 == 0 {
-                n.push(fixed_rate(a2, &ca, clients, rate, part, body.clone()).await);
-                r.push(fixed_rate(a1, &ca, clients, rate, part, body.clone()).await);
+                n.push(fixed_rate(a2, &ca, clients, rate, part, replicas.clone()).await);
+                r.push(fixed_rate(a1, &ca, clients, rate, part, replicas.clone()).await);
             } else {
-                r.push(fixed_rate(a1, &ca, clients, rate, part, body.clone()).await);
-                n.push(fixed_rate(a2, &ca, clients, rate, part, body.clone()).await);
+                r.push(fixed_rate(a1, &ca, clients, rate, part, replicas.clone()).await);
+                n.push(fixed_rate(a2, &ca, clients, rate, part, replicas.clone()).await);
             }
         }
         let (noop, real) = (figures(n), figures(r));

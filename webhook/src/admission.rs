@@ -30,6 +30,118 @@ pub struct Snapshot {
     pub namespaces: BTreeMap<String, NamespaceFacts>,
     /// Cluster facts (ConfigMap `kubetune-cluster-facts`).
     pub facts: ClusterFacts,
+    /// Answers already computed against this snapshot (starts empty; see [`PlanMemo`]).
+    pub memo: PlanMemo,
+}
+
+/// Most pods one snapshot remembers; the memo is emptied when it is full.
+pub const MEMO_CAPACITY: usize = 1024;
+/// Pod objects larger than this (JSON bytes) are never memoised.
+pub const MEMO_MAX_OBJECT_BYTES: usize = 16 * 1024;
+
+/// The plan + patch of each pod object seen with one [`Snapshot`].
+///
+/// Plan and patch are pure functions of the pod object, its namespace and the snapshot, so the
+/// same object in the same namespace gets the same answer. Replicas of one ReplicaSet reach the
+/// webhook as the same JSON (the apiserver generates their names and uids after admission), so
+/// a scale-up, a rollout or a node drain plans once per pod template instead of once per pod.
+/// The key is the object's exact JSON: nothing that could change the answer can differ between
+/// a hit and the request it was computed for. A new snapshot (any policy, namespace or
+/// cluster-facts change) comes with an empty memo, so nothing outlives what it was computed
+/// from. Bounded: [`MEMO_CAPACITY`] objects of at most [`MEMO_MAX_OBJECT_BYTES`] each.
+#[derive(Default)]
+pub struct PlanMemo {
+    hasher: foldhash::quality::RandomState,
+    /// Hash of (namespace, object JSON) -> entries with that hash.
+    map: std::sync::Mutex<std::collections::HashMap<u64, Vec<MemoEntry>>>,
+}
+
+struct MemoEntry {
+    namespace: Box<str>,
+    object: Box<str>,
+    planned: std::sync::Arc<Planned>,
+}
+
+impl Clone for PlanMemo {
+    /// A copied snapshot starts with an empty memo.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for PlanMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanMemo")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl PlanMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Vec<MemoEntry>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn hash(&self, namespace: &str, object: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((namespace, object))
+    }
+    /// Number of remembered pod objects.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+    fn get(&self, namespace: &str, object: &str) -> Option<std::sync::Arc<Planned>> {
+        let h = self.hash(namespace, object);
+        self.lock()
+            .get(&h)?
+            .iter()
+            .find(|e| &*e.namespace == namespace && &*e.object == object)
+            .map(|e| e.planned.clone())
+    }
+    fn insert(&self, namespace: &str, object: &str, planned: std::sync::Arc<Planned>) {
+        if object.len() > MEMO_MAX_OBJECT_BYTES {
+            return;
+        }
+        let h = self.hash(namespace, object);
+        let mut m = self.lock();
+        if m.len() >= MEMO_CAPACITY {
+            m.clear();
+        }
+        let bucket = m.entry(h).or_default();
+        if !bucket
+            .iter()
+            .any(|e| &*e.namespace == namespace && &*e.object == object)
+        {
+            bucket.push(MemoEntry {
+                namespace: namespace.into(),
+                object: object.into(),
+                planned,
+            });
+        }
+    }
+}
+
+/// The part of a `/mutate` answer that depends only on the pod subset and the snapshot.
+#[derive(Debug)]
+pub struct Planned {
+    /// The JSONPatch, serialised and base64-encoded, when the pod is patched.
+    patch_b64: Option<String>,
+    outcome: ReviewOutcome,
+    delivered: Vec<&'static str>,
+}
+
+impl Planned {
+    fn answer(&self, uid: &str, warning: Option<&str>, memo_hit: bool) -> MutateAnswer {
+        MutateAnswer {
+            body: wire_response(uid, self.patch_b64.as_deref(), warning),
+            outcome: self.outcome,
+            delivered: self.delivered.clone(),
+            memo_hit,
+        }
+    }
 }
 
 /// Static configuration of the handlers.
@@ -159,7 +271,7 @@ fn decode(
 }
 
 /// The parts of an AdmissionReview v1 request `/mutate` reads, decoded in one pass (the object
-/// stays raw until we know it is a pod we care about).
+/// stays raw: it is the memo key, and only decoded when the memo does not know it).
 #[derive(serde::Deserialize)]
 struct WireReview<'a> {
     #[serde(rename = "apiVersion")]
@@ -190,23 +302,16 @@ struct WireGvk {
 
 /// Serialise the `/mutate` answer straight to bytes (no intermediate JSON tree): an
 /// AdmissionReview v1 with `response.patch` base64-encoded (Kubernetes' `[]byte` encoding).
-fn wire_response(uid: &str, patch: Option<&json_patch::Patch>, warning: Option<&str>) -> Bytes {
-    use base64::Engine;
-    let mut out = Vec::with_capacity(160);
+fn wire_response(uid: &str, patch_b64: Option<&str>, warning: Option<&str>) -> Bytes {
+    let mut out = Vec::with_capacity(160 + patch_b64.map_or(0, str::len));
     out.extend_from_slice(
         br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
     );
     let _ = serde_json::to_writer(&mut out, uid);
     out.extend_from_slice(br#","allowed":true"#);
-    if let Some(p) = patch {
-        let raw = serde_json::to_vec(p).unwrap_or_default();
+    if let Some(p) = patch_b64 {
         out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        let start = out.len();
-        out.resize(start + raw.len().div_ceil(3) * 4, 0);
-        let n = base64::engine::general_purpose::STANDARD
-            .encode_slice(&raw, &mut out[start..])
-            .unwrap_or(0);
-        out.truncate(start + n);
+        out.extend_from_slice(p.as_bytes());
         out.push(b'"');
     }
     if let Some(w) = warning {
@@ -227,6 +332,8 @@ pub struct MutateAnswer {
     pub outcome: ReviewOutcome,
     /// Delivery kinds patched (for metrics): `securityContext`, `tuningCNI`.
     pub delivered: Vec<&'static str>,
+    /// The plan and patch came from the snapshot's memo (an equal pod was planned before).
+    pub memo_hit: bool,
 }
 
 impl MutateAnswer {
@@ -250,6 +357,7 @@ fn mutate_malformed(uid: &str, why: String) -> MutateAnswer {
         body: wire_response(uid, None, Some(&why)),
         outcome: ReviewOutcome::Malformed,
         delivered: vec![],
+        memo_hit: false,
     }
 }
 
@@ -287,6 +395,7 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
         body: wire_response(&req.uid, None, None),
         outcome,
         delivered: vec![],
+        memo_hit: false,
     };
     if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
         return Ok(mutate_malformed(
@@ -300,7 +409,20 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
     let Some(raw) = req.object else {
         return Ok(mutate_malformed(&req.uid, "review has no object".into()));
     };
-    let mut pod: Pod = match crate::podview::decode_pod(raw.get()) {
+    let raw = raw.get();
+    // The memo answers only a known object in a known, not excluded namespace: such an object
+    // was planned before, past every check below, which depend on nothing but the object, the
+    // namespace and the snapshot.
+    let memo_ns = req
+        .namespace
+        .as_deref()
+        .filter(|ns| !cfg.excluded_namespaces.contains(*ns) && snap.namespaces.contains_key(*ns));
+    if let Some(ns) = memo_ns {
+        if let Some(hit) = snap.memo.get(ns, raw) {
+            return Ok(hit.answer(&req.uid, None, true));
+        }
+    }
+    let mut subset = match crate::podview::decode_subset(raw) {
         Ok(p) => p,
         Err(e) => {
             return Ok(mutate_malformed(
@@ -312,30 +434,22 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
     let namespace = req
         .namespace
         .clone()
-        .or_else(|| pod.metadata.namespace.clone())
+        .or_else(|| subset.namespace().map(str::to_string))
         .unwrap_or_default();
-    pod.metadata.namespace = Some(namespace.clone());
-    if cfg.excluded_namespaces.contains(&namespace) {
-        return Ok(skip(ReviewOutcome::Skipped));
-    }
-    if pod
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+    subset.set_namespace(namespace.clone());
+    if cfg.excluded_namespaces.contains(&namespace)
+        || subset.annotation(MIRROR_ANNOTATION).is_some()
     {
         return Ok(skip(ReviewOutcome::Skipped));
     }
-    let opted_out = |m: &Option<BTreeMap<String, String>>| {
-        m.as_ref()
-            .and_then(|m| m.get(SKIP_ANNOTATION))
-            .is_some_and(|v| v == "true")
-    };
-    if opted_out(&pod.metadata.annotations) || opted_out(&pod.metadata.labels) {
+    if subset.annotation(SKIP_ANNOTATION) == Some("true")
+        || subset.label(SKIP_ANNOTATION) == Some("true")
+    {
         return Ok(skip(ReviewOutcome::Skipped));
     }
     // A namespace the cache has not seen yet (created a moment ago): assume PodSecurity
-    // `restricted` so nothing the apiserver could reject is injected, and say so.
+    // `restricted` so nothing the apiserver could reject is injected, and say so. Such answers
+    // are not memoised (the warning belongs to this moment, not to the snapshot).
     let mut warning = None;
     let ns = match snap.namespaces.get(&namespace) {
         Some(ns) => std::borrow::Cow::Borrowed(ns),
@@ -350,13 +464,32 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
             })
         }
     };
-    let p = plan(&pod, &ns, &snap.policies, &snap.facts);
-    if p.is_empty() {
-        return Ok(skip(ReviewOutcome::Skipped));
+    let pod = subset.to_pod();
+    let planned = plan_and_patch(&pod, &ns, snap);
+    tracing::debug!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
+        outcome = planned.outcome.as_str(), dry_run = req.dry_run.unwrap_or(false), "planned pod");
+    let answer = planned.answer(&req.uid, warning.as_deref(), false);
+    if let Some(ns) = memo_ns {
+        snap.memo.insert(ns, raw, std::sync::Arc::new(planned));
     }
-    let patch = build_patch(&pod, &p);
+    Ok(answer)
+}
+
+/// Plan and patch one pod (the uncached path of `/mutate`).
+fn plan_and_patch(pod: &Pod, ns: &NamespaceFacts, snap: &Snapshot) -> Planned {
+    use base64::Engine;
+    let unpatched = |outcome| Planned {
+        patch_b64: None,
+        outcome,
+        delivered: vec![],
+    };
+    let p = plan(pod, ns, &snap.policies, &snap.facts);
+    if p.is_empty() {
+        return unpatched(ReviewOutcome::Skipped);
+    }
+    let patch = build_patch(pod, &p);
     if patch.0.is_empty() {
-        return Ok(skip(ReviewOutcome::Unchanged));
+        return unpatched(ReviewOutcome::Unchanged);
     }
     let mut delivered = Vec::new();
     if !p.security_context.is_empty() {
@@ -365,13 +498,12 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
     if !p.tuning_cni.is_empty() {
         delivered.push("tuningCNI");
     }
-    tracing::debug!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
-        summary = %p.decision.summary(), dry_run = req.dry_run.unwrap_or(false), "patched pod");
-    Ok(MutateAnswer {
-        body: wire_response(&req.uid, Some(&patch), warning.as_deref()),
+    let raw = serde_json::to_vec(&patch).unwrap_or_default();
+    Planned {
+        patch_b64: Some(base64::engine::general_purpose::STANDARD.encode(raw)),
         outcome: ReviewOutcome::Patched,
         delivered,
-    })
+    }
 }
 
 /// `/validate`: deny invalid TuningPolicies with every validation message.

@@ -93,6 +93,7 @@ pub fn build_snapshot(
             })
             .collect(),
         facts,
+        memo: Default::default(),
     }
 }
 

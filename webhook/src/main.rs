@@ -7,6 +7,10 @@ use anyhow::Context;
 use clap::Parser;
 use kubetune_webhook::{admission::Config, cache, metrics::Metrics, server, tls};
 
+// Fewer cycles per admission than glibc malloc with several threads (webhook/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(version, about = "kubetune mutating/validating admission webhook")]
 struct Args {

@@ -31,7 +31,30 @@ pub struct Metrics {
     pub duration: Histogram,
     /// `kubetune_webhook_patches_total{delivery}`.
     pub patches: Family<DeliveryLabels, Counter>,
+    /// `kubetune_webhook_plan_memo_hits_total`: `/mutate` answers reused from the snapshot's
+    /// memo (a pod equal in every planner-relevant field was planned before, e.g. a replica).
+    pub memo_hits: Counter,
+    /// The counters of every known (endpoint, outcome), created up front: they are exported
+    /// from the start (as 0) and a request does not build label strings to find its counter.
+    known: Vec<(&'static str, &'static str, Counter)>,
+    /// Same for the delivery kinds of `patches`.
+    known_deliveries: Vec<(&'static str, Counter)>,
 }
+
+/// Delivery kinds known in advance.
+const DELIVERIES: [&str; 2] = ["securityContext", "tuningCNI"];
+
+/// Endpoints and outcomes known in advance.
+const ENDPOINTS: [&str; 2] = ["mutate", "validate"];
+const OUTCOMES: [&str; 7] = [
+    "patched",
+    "unchanged",
+    "skipped",
+    "malformed",
+    "valid",
+    "denied",
+    "bad_request",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -52,11 +75,44 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register("patches", "Pods patched, by delivery kind", patches.clone());
+        let memo_hits = Counter::default();
+        registry.register(
+            "plan_memo_hits",
+            "Admission answers reused for a pod equal to one planned before with the same policies",
+            memo_hits.clone(),
+        );
+        let known = ENDPOINTS
+            .iter()
+            .flat_map(|e| OUTCOMES.iter().map(move |o| (*e, *o)))
+            .map(|(endpoint, outcome)| {
+                let c = requests
+                    .get_or_create(&OutcomeLabels {
+                        endpoint: endpoint.into(),
+                        outcome: outcome.into(),
+                    })
+                    .clone();
+                (endpoint, outcome, c)
+            })
+            .collect();
+        let known_deliveries = DELIVERIES
+            .iter()
+            .map(|d| {
+                let c = patches
+                    .get_or_create(&DeliveryLabels {
+                        delivery: (*d).into(),
+                    })
+                    .clone();
+                (*d, c)
+            })
+            .collect();
         Self {
+            known,
+            known_deliveries,
             registry,
             requests,
             duration,
             patches,
+            memo_hits,
         }
     }
 }
@@ -70,12 +126,38 @@ impl Metrics {
     }
     /// Count one request.
     pub fn observe(&self, endpoint: &str, outcome: &str, seconds: f64) {
-        self.requests
-            .get_or_create(&OutcomeLabels {
-                endpoint: endpoint.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
+        match self
+            .known
+            .iter()
+            .find(|(e, o, _)| *e == endpoint && *o == outcome)
+        {
+            Some((_, _, c)) => {
+                c.inc();
+            }
+            None => {
+                self.requests
+                    .get_or_create(&OutcomeLabels {
+                        endpoint: endpoint.into(),
+                        outcome: outcome.into(),
+                    })
+                    .inc();
+            }
+        }
         self.duration.observe(seconds);
+    }
+    /// Count one patched pod per delivery kind used.
+    pub fn patched(&self, delivery: &str) {
+        match self.known_deliveries.iter().find(|(d, _)| *d == delivery) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.patches
+                    .get_or_create(&DeliveryLabels {
+                        delivery: delivery.into(),
+                    })
+                    .inc();
+            }
+        }
     }
 }

@@ -4,8 +4,11 @@
 //! an admission request; the webhook needs metadata (name, namespace, labels, annotations) and
 //! `spec.{hostNetwork, hostIPC, nodeSelector, securityContext.sysctls}` — and whether `spec`,
 //! `securityContext` and `sysctls` are present, which the patch depends on. Everything else is
-//! skipped without being materialised. The result is an ordinary `Pod` with just those fields,
-//! so the planner and the patch builder keep their typed API.
+//! skipped without being materialised.
+//!
+//! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::to_pod`] gives an
+//! ordinary `Pod` with just those fields, so the planner and the patch builder keep their typed
+//! API.
 
 use std::collections::BTreeMap;
 
@@ -13,15 +16,16 @@ use k8s_openapi::api::core::v1::{Pod, PodSecurityContext, PodSpec, Sysctl};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct PodSubset {
+/// The planner-relevant subset of a Pod.
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodSubset {
     #[serde(default)]
     metadata: Option<MetaSubset>,
     #[serde(default)]
     spec: Option<SpecSubset>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct MetaSubset {
     #[serde(default)]
@@ -36,7 +40,7 @@ struct MetaSubset {
     annotations: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct SpecSubset {
     #[serde(default)]
@@ -49,38 +53,86 @@ struct SpecSubset {
     security_context: Option<SecurityContextSubset>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 struct SecurityContextSubset {
     #[serde(default)]
-    sysctls: Option<Vec<Sysctl>>,
+    sysctls: Option<Vec<SysctlSubset>>,
 }
 
-/// Decode the planner-relevant subset of a Pod from its JSON. Fails when one of those fields has
-/// the wrong type (or the document is not an object); other fields are not looked at.
-pub fn decode_pod(json: &str) -> Result<Pod, serde_json::Error> {
-    let p: PodSubset = serde_json::from_str(json)?;
-    let m = p.metadata;
-    Ok(Pod {
-        metadata: m
-            .map(|m| ObjectMeta {
+#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+struct SysctlSubset {
+    name: String,
+    value: String,
+}
+
+impl PodSubset {
+    /// `metadata.namespace`.
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata.as_ref()?.namespace.as_deref()
+    }
+    /// Set `metadata.namespace` (the request's namespace wins over the object's).
+    pub fn set_namespace(&mut self, ns: String) {
+        self.metadata.get_or_insert_with(Default::default).namespace = Some(ns);
+    }
+    /// One annotation.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+    /// One label.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .as_ref()?
+            .labels
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+    /// An ordinary `Pod` carrying just these fields.
+    pub fn to_pod(&self) -> Pod {
+        let m = self.metadata.clone().unwrap_or_default();
+        Pod {
+            metadata: ObjectMeta {
                 name: m.name,
                 generate_name: m.generate_name,
                 namespace: m.namespace,
                 labels: m.labels,
                 annotations: m.annotations,
                 ..Default::default()
-            })
-            .unwrap_or_default(),
-        spec: p.spec.map(|s| PodSpec {
-            host_network: s.host_network,
-            host_ipc: s.host_ipc,
-            node_selector: s.node_selector,
-            security_context: s.security_context.map(|sc| PodSecurityContext {
-                sysctls: sc.sysctls,
+            },
+            spec: self.spec.as_ref().map(|s| PodSpec {
+                host_network: s.host_network,
+                host_ipc: s.host_ipc,
+                node_selector: s.node_selector.clone(),
+                security_context: s.security_context.as_ref().map(|sc| PodSecurityContext {
+                    sysctls: sc.sysctls.as_ref().map(|l| {
+                        l.iter()
+                            .map(|x| Sysctl {
+                                name: x.name.clone(),
+                                value: x.value.clone(),
+                            })
+                            .collect()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
-            ..Default::default()
-        }),
-        status: None,
-    })
+            status: None,
+        }
+    }
+}
+
+/// Decode the planner-relevant subset of a Pod from its JSON. Fails when one of those fields has
+/// the wrong type (or the document is not an object); other fields are not looked at.
+pub fn decode_subset(json: &str) -> Result<PodSubset, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
+/// [`decode_subset`] as a `Pod`.
+pub fn decode_pod(json: &str) -> Result<Pod, serde_json::Error> {
+    decode_subset(json).map(|s| s.to_pod())
 }

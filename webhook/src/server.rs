@@ -15,7 +15,7 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use crate::admission::{self, Config, Snapshot};
-use crate::metrics::{DeliveryLabels, Metrics};
+use crate::metrics::Metrics;
 
 /// Where the handlers get their view of the cluster.
 pub trait SnapshotSource: Send + Sync + 'static {
@@ -61,14 +61,11 @@ fn reply(
     match result {
         Ok(r) => {
             state.metrics.observe(endpoint, r.outcome.as_str(), secs);
+            if r.memo_hit {
+                state.metrics.memo_hits.inc();
+            }
             for d in &r.delivered {
-                state
-                    .metrics
-                    .patches
-                    .get_or_create(&DeliveryLabels {
-                        delivery: (*d).into(),
-                    })
-                    .inc();
+                state.metrics.patched(d);
             }
             let mut resp = warp::reply::Response::new(r.body.into());
             resp.headers_mut().insert(
@@ -118,6 +115,7 @@ pub fn routes(
                     .into(),
                 outcome: r.outcome,
                 delivered: r.delivered,
+                memo_hit: false,
             });
             reply(&s, "validate", r, t)
         });

@@ -19,6 +19,7 @@ fn state(policies: Vec<kubetune_crds::TuningPolicy>) -> Arc<State> {
             policies,
             namespaces: Default::default(),
             facts: facts(false),
+            ..Default::default()
         }))),
         config: Config::new("kubetune-system", &[]),
         metrics: Metrics::default(),
@@ -36,6 +37,56 @@ async fn post(st: &Arc<State>, path: &str, body: &[u8]) -> (u16, Value) {
         r.status().as_u16(),
         serde_json::from_slice(r.body()).unwrap_or(Value::Null),
     )
+}
+
+#[tokio::test]
+async fn replicas_count_as_memo_hits() {
+    let st = Arc::new(State {
+        source: Arc::new(StaticSource(Arc::new(Snapshot {
+            policies: vec![policy("ka", json!({"preset": "IpvsIdleKeepalive"}))],
+            namespaces: [(
+                "shop".to_string(),
+                kubetune_webhook::plan::NamespaceFacts {
+                    name: "shop".into(),
+                    labels: Default::default(),
+                },
+            )]
+            .into(),
+            facts: facts(false),
+            ..Default::default()
+        }))),
+        config: Config::new("kubetune-system", &[]),
+        metrics: Metrics::default(),
+    });
+    let mut answers = Vec::new();
+    for uid in ["r-1", "r-2", "r-3"] {
+        let (code, v) = post(
+            &st,
+            "/mutate",
+            review(&pod(json!({})), uid).to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert_eq!(v["response"]["uid"], uid);
+        answers.push(v["response"]["patch"].clone());
+    }
+    assert!(answers[0].is_string());
+    assert!(answers.iter().all(|a| *a == answers[0]));
+    let m = st.metrics.encode();
+    assert!(m.contains("kubetune_webhook_plan_memo_hits_total 2"), "{m}");
+    assert!(
+        m.contains("kubetune_webhook_requests_total{endpoint=\"mutate\",outcome=\"patched\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kubetune_webhook_patches_total{delivery=\"securityContext\"} 3"),
+        "{m}"
+    );
+    // Known outcomes are exported from the start.
+    assert!(
+        m.contains("kubetune_webhook_requests_total{endpoint=\"validate\",outcome=\"denied\"} 0"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -166,6 +166,7 @@ fn snapshot(policies: Vec<Value>, cni: bool, psa: usize) -> Snapshot {
         policies,
         namespaces: [("shop".to_string(), shop)].into(),
         facts: facts(cni),
+        ..Default::default()
     }
 }
 

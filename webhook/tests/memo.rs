@@ -1,0 +1,251 @@
+//! The per-snapshot plan memo: a repeated pod object is answered from it, byte for byte as it
+//! would be planned afresh; anything that could change the answer misses; it stays bounded.
+
+mod common;
+
+use common::*;
+use kubetune_webhook::admission::{mutate, Config, MutateAnswer, Snapshot, MEMO_CAPACITY};
+use kubetune_webhook::plan::NamespaceFacts;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn snapshot(policies: Vec<kubetune_crds::TuningPolicy>) -> Snapshot {
+    Snapshot {
+        policies,
+        namespaces: [(
+            "shop".to_string(),
+            NamespaceFacts {
+                name: "shop".into(),
+                labels: Default::default(),
+            },
+        )]
+        .into(),
+        facts: facts(false),
+        ..Default::default()
+    }
+}
+
+fn policies() -> Vec<kubetune_crds::TuningPolicy> {
+    vec![
+        policy("keepalive", json!({"preset": "IpvsIdleKeepalive"})),
+        policy(
+            "backlog",
+            json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}], "priority": 5}),
+        ),
+    ]
+}
+
+/// A ReplicaSet's pod as the apiserver sends it to admission: generateName, no name.
+fn replica(extra: Value) -> Value {
+    let mut p =
+        serde_json::to_value(pod(json!({"spec": {"nodeSelector": {"pool": "ingress"}}}))).unwrap();
+    p["metadata"].as_object_mut().unwrap().remove("name");
+    p["metadata"]["generateName"] = json!("web-5d8f9-");
+    merge(&mut p, extra);
+    p
+}
+
+fn send(snap: &Snapshot, cfg: &Config, object: &Value, uid: &str) -> MutateAnswer {
+    let mut r = review(&pod(json!({})), uid);
+    r["request"]["object"] = object.clone();
+    r["request"]["namespace"] = object["metadata"]["namespace"].clone();
+    mutate(r.to_string().as_bytes(), snap, cfg).unwrap()
+}
+
+/// The answer with its uid blanked, to compare answers to different requests.
+fn without_uid(a: &MutateAnswer) -> Value {
+    let mut v = a.json();
+    v["response"]["uid"] = json!("");
+    v
+}
+
+#[test]
+fn replicas_are_answered_from_the_memo_as_if_planned_afresh() {
+    let snap = snapshot(policies());
+    let cfg = Config::new("kubetune-system", &[]);
+    let obj = replica(json!({}));
+    let first = send(&snap, &cfg, &obj, "a");
+    assert!(!first.memo_hit);
+    assert!(first.patch().is_some(), "the replica is patched");
+    assert_eq!(snap.memo.len(), 1);
+    let second = send(&snap, &cfg, &obj, "b");
+    assert!(second.memo_hit);
+    assert_eq!(
+        second.json()["response"]["uid"],
+        json!("b"),
+        "the hit carries its own uid"
+    );
+    assert_eq!(without_uid(&first), without_uid(&second));
+    assert_eq!(second.outcome, first.outcome);
+    assert_eq!(second.delivered, first.delivered);
+    // The same answer as a fresh snapshot (a clone starts with an empty memo) computes.
+    let fresh = snap.clone();
+    assert!(fresh.memo.is_empty());
+    let third = send(&fresh, &cfg, &obj, "c");
+    assert!(!third.memo_hit);
+    assert_eq!(without_uid(&third), without_uid(&second));
+}
+
+#[test]
+fn any_change_to_the_object_misses() {
+    let snap = snapshot(policies());
+    let cfg = Config::new("kubetune-system", &[]);
+    let base = replica(json!({}));
+    let a = send(&snap, &cfg, &base, "a");
+    for change in [
+        json!({"metadata": {"labels": {"app": "api"}}}),
+        json!({"metadata": {"annotations": {"kubetune.dev/skip": "true"}}}),
+        json!({"spec": {"hostNetwork": true}}),
+        json!({"spec": {"nodeSelector": {"pool": "general"}}}),
+        json!({"spec": {"securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]}}}),
+        // Not read by the planner, still another object: the key is the exact JSON.
+        json!({"spec": {"containers": [{"name": "nginx", "image": "nginx:2"}]}}),
+    ] {
+        let obj = {
+            let mut o = base.clone();
+            merge(&mut o, change.clone());
+            o
+        };
+        let r = send(&snap, &cfg, &obj, "x");
+        assert!(!r.memo_hit, "{change}");
+        if change["spec"]["containers"].is_null() {
+            assert_ne!(
+                without_uid(&r),
+                without_uid(&a),
+                "{change} changes the answer"
+            );
+        }
+    }
+    // The original is still remembered.
+    assert!(send(&snap, &cfg, &base, "y").memo_hit);
+}
+
+#[test]
+fn another_snapshot_does_not_see_old_answers() {
+    // The policies changed: the cache builds a new snapshot, which plans again.
+    let cfg = Config::new("kubetune-system", &[]);
+    let obj = replica(json!({}));
+    let old = snapshot(policies());
+    let before = send(&old, &cfg, &obj, "a");
+    let mut changed = policies();
+    changed[1] = policy(
+        "backlog",
+        json!({"sysctls": [{"name": "net.core.somaxconn", "value": "8192"}], "priority": 5}),
+    );
+    let new = snapshot(changed);
+    let after = send(&new, &cfg, &obj, "b");
+    assert!(!after.memo_hit);
+    let sysctls = |a: &MutateAnswer| {
+        let mut doc = obj.clone();
+        json_patch::patch(&mut doc, &a.patch().unwrap()).unwrap();
+        doc["spec"]["securityContext"]["sysctls"].clone()
+    };
+    assert!(sysctls(&before)
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "net.core.somaxconn", "value": "4096"})));
+    assert!(sysctls(&after)
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "net.core.somaxconn", "value": "8192"})));
+}
+
+#[test]
+fn uncached_namespaces_excluded_namespaces_and_skipped_pods_are_not_memoised() {
+    let snap = snapshot(policies());
+    // A namespace the cache has not seen: the answer carries a warning every time.
+    let mut unknown = replica(json!({}));
+    unknown["metadata"]["namespace"] = json!("new-ns");
+    let mut p = policies();
+    for x in &mut p {
+        x.metadata.namespace = Some("new-ns".into());
+    }
+    let snap2 = snapshot(p);
+    let cfg = Config::new("kubetune-system", &[]);
+    for uid in ["a", "b"] {
+        let r = send(&snap2, &cfg, &unknown, uid);
+        assert!(!r.memo_hit);
+        assert!(r.json()["response"]["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("not in kubetune's cache"));
+    }
+    assert!(snap2.memo.is_empty());
+    // Excluded by one configuration, planned by another, with the same snapshot.
+    let obj = replica(json!({}));
+    let excluding = Config::new("kubetune-system", &["shop".to_string()]);
+    for _ in 0..2 {
+        let r = send(&snap, &excluding, &obj, "e");
+        assert!(r.patch().is_none() && !r.memo_hit);
+    }
+    assert!(snap.memo.is_empty());
+    assert!(send(&snap, &cfg, &obj, "f").patch().is_some());
+    assert!(
+        send(&snap, &excluding, &obj, "g").patch().is_none(),
+        "the exclusion is checked before the memo"
+    );
+    // Opted-out pods are skipped before planning and never remembered.
+    let opted = replica(json!({"metadata": {"labels": {"kubetune.dev/skip": "true"}}}));
+    for _ in 0..2 {
+        assert!(send(&snap, &cfg, &opted, "s").patch().is_none());
+    }
+    assert_eq!(snap.memo.len(), 1, "only the planned replica is remembered");
+}
+
+#[test]
+fn the_memo_is_bounded() {
+    let snap = snapshot(policies());
+    let cfg = Config::new("kubetune-system", &[]);
+    for i in 0..(MEMO_CAPACITY + 10) {
+        let obj = replica(json!({"metadata": {"labels": {"pod-template-hash": format!("h{i}")}}}));
+        send(&snap, &cfg, &obj, "x");
+        assert!(snap.memo.len() <= MEMO_CAPACITY);
+    }
+    assert!(!snap.memo.is_empty());
+    // Huge objects are planned but not remembered.
+    let big = replica(json!({"metadata": {"annotations": {"big": "x".repeat(20_000)}}}));
+    let before = snap.memo.len();
+    assert!(send(&snap, &cfg, &big, "b").patch().is_some());
+    assert_eq!(snap.memo.len(), before);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// For arbitrary pods: the second answer (from the memo) equals the first and equals what a
+    /// fresh snapshot computes.
+    #[test]
+    fn memo_answers_equal_fresh_answers(
+        labels in prop::sample::subsequence(vec![("app", "web"), ("app", "api"), ("tier", "fe"), ("kubetune.dev/skip", "true")], 0..3),
+        host_network in any::<bool>(),
+        pool in prop::sample::select(vec!["ingress", "general", ""]),
+        own in prop::option::of(prop::sample::select(vec!["128", "4096", "8192"])),
+        decided in any::<bool>(),
+    ) {
+        let snap = snapshot(policies());
+        let cfg = Config::new("kubetune-system", &[]);
+        let mut obj = replica(json!({}));
+        obj["metadata"]["labels"] = Value::Object(labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect());
+        obj["spec"]["hostNetwork"] = json!(host_network);
+        if !pool.is_empty() {
+            obj["spec"]["nodeSelector"] = json!({"pool": pool});
+        }
+        if let Some(v) = own {
+            obj["spec"]["securityContext"] = json!({"sysctls": [{"name": "net.core.somaxconn", "value": v}]});
+        }
+        if decided {
+            // A pod the webhook already patched (re-invocation).
+            let first = send(&snap.clone(), &cfg, &obj, "pre");
+            if let Some(p) = first.patch() {
+                json_patch::patch(&mut obj, &p).unwrap();
+            }
+        }
+        let a = send(&snap, &cfg, &obj, "a");
+        let b = send(&snap, &cfg, &obj, "b");
+        let c = send(&snap.clone(), &cfg, &obj, "c");
+        prop_assert!(!a.memo_hit && !c.memo_hit);
+        prop_assert_eq!(without_uid(&a), without_uid(&b));
+        prop_assert_eq!(without_uid(&a), without_uid(&c));
+        prop_assert_eq!(a.outcome, b.outcome);
+    }
+}
