@@ -11,6 +11,7 @@
 //! * [`table`]: `scan` output; [`metrics`]: Prometheus; [`cluster`]: ListenerReport writer.
 
 pub mod attribution;
+pub mod cli;
 pub mod cluster;
 pub mod diagnose;
 pub mod metrics;

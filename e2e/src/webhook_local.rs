@@ -90,6 +90,21 @@ impl LocalWebhook {
         })
     }
 
+    /// One HTTPS request to the running webhook (`GET` when `body` is `None`, else `POST`):
+    /// status and body.
+    pub async fn request(
+        &self,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), LocalWebhookError> {
+        let mut conn = client::connect(self.addr, SERVER_NAME, &self.ca_pem).await?;
+        let (code, body) = match body {
+            None => conn.get(path).await?,
+            Some(b) => conn.post(path, b.into()).await?,
+        };
+        Ok((code, body.to_vec()))
+    }
+
     /// Send a pod CREATE AdmissionReview; apply the returned JSONPatch like the apiserver does.
     /// Returns the stored pod and its decision (None when the webhook left it alone).
     pub async fn admit(&self, pod: &Pod) -> Result<(Pod, Option<PodDecision>), LocalWebhookError> {

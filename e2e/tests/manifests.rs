@@ -189,3 +189,272 @@ fn samples_are_valid_and_cover_every_preset_and_delivery() {
     assert_eq!(deliveries.len(), 3, "{deliveries:?}");
     assert_eq!(modes.len(), 2, "{modes:?}");
 }
+
+/// `GET path` over plain HTTP/1.0 on loopback: the status code.
+fn http_get(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            return out
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("nothing listening on 127.0.0.1:{port}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A container port given by name or number, as its number.
+fn resolve_port(container: &Value, port: &Value) -> u16 {
+    if let Some(n) = port.as_u64() {
+        return n as u16;
+    }
+    let name = port.as_str().expect("port is a name or a number");
+    container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("container {} has no port named {name}", container["name"]))
+        as u16
+}
+
+/// Every kubetune container as deployed: the binary is one the image installs, its arguments
+/// parse with that binary's real command line (every `$(VAR)` defined), and every port and
+/// path the cluster will use — probes, the Service, both webhook configurations, the TLS
+/// Secret mount — is served by that binary on that port. Catches the manifest/binary drift that
+/// would otherwise first show up as a CrashLoopBackOff or a webhook timing out.
+#[tokio::test]
+async fn deployments_are_wired_to_what_the_binaries_serve() {
+    use clap::Parser;
+    let objs = rendered();
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY --from=build /out/ /usr/local/bin/"));
+    let webhook = kubetune_e2e::webhook_local::LocalWebhook::start(
+        kubetune_webhook::admission::Snapshot::default(),
+    )
+    .await
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for w in objs
+        .iter()
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "DaemonSet")
+    {
+        let pod = &w["spec"]["template"]["spec"];
+        for c in pod["containers"].as_array().unwrap() {
+            let command: Vec<&str> = c["command"]
+                .as_array()
+                .expect("command set")
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let bin = command[0]
+                .strip_prefix("/usr/local/bin/")
+                .unwrap_or_else(|| panic!("{} is not in /usr/local/bin", command[0]));
+            assert!(
+                dockerfile.contains(&format!("target/release/{bin}")),
+                "the image does not install {bin}"
+            );
+            let env: Vec<&str> = c["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["name"].as_str().unwrap())
+                .collect();
+            let mut argv = vec![bin.to_string()];
+            for a in command[1..].iter().copied().chain(
+                c["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| a.as_str().unwrap()),
+            ) {
+                let mut a = a.to_string();
+                while let Some(start) = a.find("$(") {
+                    let end = start + a[start..].find(')').expect("closed $(");
+                    let var = &a[start + 2..end];
+                    assert!(
+                        env.contains(&var),
+                        "{bin}: $({var}) is not defined in the container env (the kubelet would pass it literally)"
+                    );
+                    a.replace_range(start..=end, "kubetune-system");
+                }
+                argv.push(a);
+            }
+            // Parse with the binary's own CLI; the port it will listen on.
+            let listen_port = match bin {
+                "kubetune-agent" => {
+                    let cli = kubetune_agent::cli::Cli::try_parse_from(&argv)
+                        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                    match cli.cmd {
+                        kubetune_agent::cli::Cmd::Run { metrics, .. } => metrics.port(),
+                        _ => panic!("the DaemonSet must run `kubetune-agent run`"),
+                    }
+                }
+                "kubetune-operator" => kubetune_operator::cli::Args::try_parse_from(&argv)
+                    .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+                    .metrics
+                    .port(),
+                "kubetune-webhook" => {
+                    let a = kubetune_webhook::cli::Args::try_parse_from(&argv)
+                        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                    // The serving certificate comes from the Secret the operator maintains,
+                    // under the file names it writes.
+                    let mount = c["volumeMounts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|m| {
+                            std::path::Path::new(m["mountPath"].as_str().unwrap())
+                                == a.tls_cert.parent().unwrap()
+                        })
+                        .expect("the certificate directory is mounted");
+                    let vol = pod["volumes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|v| v["name"] == mount["name"])
+                        .unwrap();
+                    assert_eq!(
+                        vol["secret"]["secretName"],
+                        kubetune_operator::certs::SECRET_NAME
+                    );
+                    assert_eq!(a.tls_cert.file_name().unwrap(), "tls.crt");
+                    assert_eq!(a.tls_key.parent(), a.tls_cert.parent());
+                    assert_eq!(a.tls_key.file_name().unwrap(), "tls.key");
+                    assert_eq!(a.namespace, "kubetune-system");
+                    a.listen.port()
+                }
+                other => panic!("unknown binary {other}"),
+            };
+            assert!(
+                c["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["containerPort"].as_u64() == Some(listen_port as u64)),
+                "{bin} listens on {listen_port}, which the container does not declare"
+            );
+            // Start the binary's real endpoint on loopback and ask it for every probe path.
+            let local_port = match bin {
+                "kubetune-agent" => {
+                    let port = free_port();
+                    kubetune_agent::metrics::serve(
+                        ([127, 0, 0, 1], port).into(),
+                        Default::default(),
+                    )
+                    .unwrap();
+                    Some(port)
+                }
+                "kubetune-operator" => {
+                    let port = free_port();
+                    let m = std::sync::Arc::new(kubetune_operator::metrics::Metrics::default());
+                    tokio::spawn(kubetune_operator::metrics::serve(
+                        ([127, 0, 0, 1], port).into(),
+                        m,
+                    ));
+                    Some(port)
+                }
+                _ => None, // the webhook: over HTTPS, below
+            };
+            for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let probe = &c[kind]["httpGet"];
+                if probe.is_null() {
+                    continue;
+                }
+                assert_eq!(
+                    resolve_port(c, &probe["port"]),
+                    listen_port,
+                    "{bin} {kind} port"
+                );
+                let path = probe["path"].as_str().unwrap();
+                let code = match local_port {
+                    Some(port) => {
+                        assert_ne!(probe["scheme"], "HTTPS", "{bin} serves plain HTTP");
+                        let owned = path.to_string();
+                        tokio::task::spawn_blocking(move || http_get(port, &owned))
+                            .await
+                            .unwrap()
+                    }
+                    None => {
+                        assert_eq!(probe["scheme"], "HTTPS", "the webhook serves HTTPS only");
+                        webhook.request(path, None).await.unwrap().0
+                    }
+                };
+                assert_eq!(code, 200, "{bin} {kind} GET {path}");
+                seen.insert(format!("{bin} {kind}"));
+            }
+            if bin == "kubetune-webhook" {
+                // Service -> container port -> webhook configurations -> served paths.
+                let svc = find(&objs, "Service", kubetune_operator::certs::SERVICE_NAME);
+                assert_eq!(
+                    svc["spec"]["selector"],
+                    w["spec"]["selector"]["matchLabels"]
+                );
+                let sp = &svc["spec"]["ports"][0];
+                assert_eq!(resolve_port(c, &sp["targetPort"]), listen_port);
+                for (kind, name) in [
+                    (
+                        "MutatingWebhookConfiguration",
+                        kubetune_operator::certs::MUTATING_NAME,
+                    ),
+                    (
+                        "ValidatingWebhookConfiguration",
+                        kubetune_operator::certs::VALIDATING_NAME,
+                    ),
+                ] {
+                    for hook in find(&objs, kind, name)["webhooks"].as_array().unwrap() {
+                        let cc = &hook["clientConfig"]["service"];
+                        assert_eq!(cc["name"], svc["metadata"]["name"]);
+                        assert_eq!(cc["namespace"], svc["metadata"]["namespace"]);
+                        assert_eq!(cc["port"], sp["port"]);
+                        let path = cc["path"].as_str().unwrap();
+                        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                            "request": {"uid": "wiring", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                                "namespace": "default", "operation": "CREATE", "userInfo": {"username": "t"},
+                                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}}}});
+                        let (code, body) = webhook
+                            .request(path, Some(review.to_string().into_bytes()))
+                            .await
+                            .unwrap();
+                        assert_eq!(code, 200, "POST {path}");
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        assert_eq!(v["response"]["uid"], "wiring", "{path}: {v}");
+                        seen.insert(format!("{kind} {path}"));
+                    }
+                }
+            }
+            seen.insert(bin.to_string());
+        }
+    }
+    for must in [
+        "kubetune-agent",
+        "kubetune-operator",
+        "kubetune-webhook",
+        "kubetune-webhook readinessProbe",
+        "kubetune-webhook livenessProbe",
+        "kubetune-operator livenessProbe",
+        "MutatingWebhookConfiguration /mutate",
+        "ValidatingWebhookConfiguration /validate",
+    ] {
+        assert!(
+            seen.contains(must),
+            "not checked: {must} (checked: {seen:?})"
+        );
+    }
+}

@@ -15,6 +15,7 @@
 //! metrics.
 
 pub mod certs;
+pub mod cli;
 pub mod controller;
 pub mod events;
 pub mod metrics;

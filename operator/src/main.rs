@@ -1,37 +1,12 @@
 //! `kubetune-operator --namespace <ns> --metrics 0.0.0.0:8080 --cert-mode self-signed|cert-manager`
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use kubetune_operator::cli::{Args, CertMode};
 use kubetune_operator::{certs, controller, metrics};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum CertMode {
-    /// The operator issues the webhook certificate and keeps the caBundles in sync.
-    SelfSigned,
-    /// cert-manager issues it (`cert-manager.io/inject-ca-from`); the operator does nothing.
-    CertManager,
-}
-
-#[derive(Parser, Debug)]
-#[command(name = "kubetune-operator", version, about = "kubetune operator")]
-struct Args {
-    /// Namespace the operator runs in (facts ConfigMap, webhook Secret and Service).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "kubetune-system")]
-    namespace: String,
-    /// Address of the /metrics and /healthz endpoint.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    metrics: SocketAddr,
-    /// Who issues the webhook's serving certificate.
-    #[arg(long, value_enum, default_value_t = CertMode::SelfSigned)]
-    cert_mode: CertMode,
-    /// How often the webhook certificate and caBundles are checked (seconds).
-    #[arg(long, default_value_t = 300)]
-    cert_check_seconds: u64,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod metrics;
 pub mod patch;

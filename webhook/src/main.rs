@@ -5,35 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kubetune_webhook::cli::Args;
 use kubetune_webhook::{admission::Config, cache, metrics::Metrics, server, tls};
 
 // Fewer cycles per admission than glibc malloc with several threads (webhook/BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser, Debug)]
-#[command(version, about = "kubetune mutating/validating admission webhook")]
-struct Args {
-    /// Address to listen on (HTTPS).
-    #[arg(long, default_value = "0.0.0.0:8443")]
-    listen: std::net::SocketAddr,
-    /// Serving certificate (PEM); reloaded when it changes.
-    #[arg(long, default_value = "/tls/tls.crt")]
-    tls_cert: std::path::PathBuf,
-    /// Serving key (PEM); reloaded when it changes.
-    #[arg(long, default_value = "/tls/tls.key")]
-    tls_key: std::path::PathBuf,
-    /// kubetune's own namespace (never mutated; holds the cluster-facts ConfigMap).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "kubetune-system")]
-    namespace: String,
-    /// More namespaces to leave alone (comma-separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "kube-system,kube-node-lease"
-    )]
-    exclude_namespaces: Vec<String>,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
