@@ -34,8 +34,10 @@ pub struct Snapshot {
     pub memo: PlanMemo,
 }
 
-/// Most pods one snapshot remembers; the memo is emptied when it is full.
+/// Most pod objects one snapshot remembers; the memo is emptied when it is full.
 pub const MEMO_CAPACITY: usize = 1024;
+/// Most bytes (object JSON + encoded patch) one snapshot's memo holds; emptied when exceeded.
+pub const MEMO_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Pod objects larger than this (JSON bytes) are never memoised.
 pub const MEMO_MAX_OBJECT_BYTES: usize = 16 * 1024;
 
@@ -48,12 +50,20 @@ pub const MEMO_MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// The key is the object's exact JSON: nothing that could change the answer can differ between
 /// a hit and the request it was computed for. A new snapshot (any policy, namespace or
 /// cluster-facts change) comes with an empty memo, so nothing outlives what it was computed
-/// from. Bounded: [`MEMO_CAPACITY`] objects of at most [`MEMO_MAX_OBJECT_BYTES`] each.
+/// from. Bounded: [`MEMO_CAPACITY`] objects, [`MEMO_MAX_BYTES`] in all, objects of at most
+/// [`MEMO_MAX_OBJECT_BYTES`].
 #[derive(Default)]
 pub struct PlanMemo {
     hasher: foldhash::quality::RandomState,
+    inner: std::sync::Mutex<MemoInner>,
+}
+
+#[derive(Default)]
+struct MemoInner {
     /// Hash of (namespace, object JSON) -> entries with that hash.
-    map: std::sync::Mutex<std::collections::HashMap<u64, Vec<MemoEntry>>>,
+    map: std::collections::HashMap<u64, Vec<MemoEntry>>,
+    entries: usize,
+    bytes: usize,
 }
 
 struct MemoEntry {
@@ -71,15 +81,17 @@ impl Clone for PlanMemo {
 
 impl std::fmt::Debug for PlanMemo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.lock();
         f.debug_struct("PlanMemo")
-            .field("len", &self.len())
+            .field("entries", &m.entries)
+            .field("bytes", &m.bytes)
             .finish()
     }
 }
 
 impl PlanMemo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Vec<MemoEntry>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
     fn hash(&self, namespace: &str, object: &str) -> u64 {
         use std::hash::BuildHasher;
@@ -87,15 +99,20 @@ impl PlanMemo {
     }
     /// Number of remembered pod objects.
     pub fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        self.lock().entries
+    }
+    /// Bytes held (object JSON + encoded patches).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
     /// True when nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.len() == 0
     }
     fn get(&self, namespace: &str, object: &str) -> Option<std::sync::Arc<Planned>> {
         let h = self.hash(namespace, object);
         self.lock()
+            .map
             .get(&h)?
             .iter()
             .find(|e| &*e.namespace == namespace && &*e.object == object)
@@ -105,22 +122,27 @@ impl PlanMemo {
         if object.len() > MEMO_MAX_OBJECT_BYTES {
             return;
         }
+        let size =
+            namespace.len() + object.len() + planned.patch_b64.as_ref().map_or(0, String::len);
         let h = self.hash(namespace, object);
         let mut m = self.lock();
-        if m.len() >= MEMO_CAPACITY {
-            m.clear();
+        if m.entries >= MEMO_CAPACITY || m.bytes + size > MEMO_MAX_BYTES {
+            *m = MemoInner::default();
         }
-        let bucket = m.entry(h).or_default();
-        if !bucket
+        let bucket = m.map.entry(h).or_default();
+        if bucket
             .iter()
             .any(|e| &*e.namespace == namespace && &*e.object == object)
         {
-            bucket.push(MemoEntry {
-                namespace: namespace.into(),
-                object: object.into(),
-                planned,
-            });
+            return;
         }
+        bucket.push(MemoEntry {
+            namespace: namespace.into(),
+            object: object.into(),
+            planned,
+        });
+        m.entries += 1;
+        m.bytes += size;
     }
 }
 

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use kubetune_webhook::admission::{mutate, Config, MutateAnswer, Snapshot, MEMO_CAPACITY};
+use kubetune_webhook::admission::{
+    mutate, Config, MutateAnswer, Snapshot, MEMO_CAPACITY, MEMO_MAX_BYTES,
+};
 use kubetune_webhook::plan::NamespaceFacts;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -200,7 +202,23 @@ fn the_memo_is_bounded() {
         let obj = replica(json!({"metadata": {"labels": {"pod-template-hash": format!("h{i}")}}}));
         send(&snap, &cfg, &obj, "x");
         assert!(snap.memo.len() <= MEMO_CAPACITY);
+        assert!(snap.memo.bytes() <= MEMO_MAX_BYTES);
     }
+    // Byte budget: objects near the per-object limit fill it before the count does.
+    let snap = snapshot(policies());
+    for i in 0..400 {
+        let obj = replica(
+            json!({"metadata": {"annotations": {"pad": format!("{i}{}", "x".repeat(15_000))}}}),
+        );
+        send(&snap, &cfg, &obj, "x");
+        assert!(
+            snap.memo.bytes() <= MEMO_MAX_BYTES,
+            "{} bytes",
+            snap.memo.bytes()
+        );
+    }
+    assert!(snap.memo.len() < 400);
+    assert!(!snap.memo.is_empty());
     assert!(!snap.memo.is_empty());
     // Huge objects are planned but not remembered.
     let big = replica(json!({"metadata": {"annotations": {"big": "x".repeat(20_000)}}}));
