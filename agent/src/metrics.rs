@@ -26,6 +26,20 @@ use prometheus_client::registry::Registry;
 
 use crate::scanner::Snapshot;
 
+/// Every metric name the agent exports (as they appear in the exposition, counters with
+/// `_total`); tests check that alert rules only use these.
+pub const METRIC_NAMES: &[&str] = &[
+    "kubetune_agent_info",
+    "kubetune_listen_overflows_total",
+    "kubetune_listen_queue_length",
+    "kubetune_listen_queue_max",
+    "kubetune_listen_backlog",
+    "kubetune_listen_requested_backlog",
+    "kubetune_listen_diagnosis",
+    "kubetune_netns_somaxconn",
+    "kubetune_netns_listen_overflows_total",
+];
+
 /// Names of a pod (cluster mode).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodNames {
@@ -344,6 +358,12 @@ mod tests {
             "# TYPE kubetune_listen_overflows counter".to_string(),
         ] {
             assert!(text.contains(&line), "missing {line}\n{text}");
+        }
+        for name in METRIC_NAMES {
+            assert!(
+                text.lines().any(|l| l.starts_with(name)),
+                "{name} not exported:\n{text}"
+            );
         }
     }
 

@@ -290,6 +290,14 @@ pub async fn reconcile(policy: Arc<TuningPolicy>, ctx: Arc<Context>) -> Result<A
         now,
     );
 
+    ctx.metrics.record_policy(&ns, &name, &eval.status);
+    ctx.metrics.retain_policies(
+        &ctx.policies
+            .state()
+            .iter()
+            .filter_map(|p| Some((p.metadata.namespace.clone()?, p.metadata.name.clone()?)))
+            .collect(),
+    );
     if policy.status.as_ref() != Some(&eval.status) {
         let api: Api<TuningPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let body = json!({

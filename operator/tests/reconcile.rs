@@ -266,10 +266,19 @@ async fn needs_restart_status_and_event() {
         let ev = answer(&mut handle, |b| b.clone()).await;
         (patch, ev)
     });
-    reconcile(Arc::new(p), ctx).await.unwrap();
+    reconcile(Arc::new(p), ctx.clone()).await.unwrap();
     let (patch, ev) = server.await.unwrap();
     assert_eq!(patch.body["status"]["phase"], "PodsNeedRestart");
     assert_eq!(patch.body["status"]["needsRestartPods"], 1);
+    // The same status, exported for dashboards and alerts.
+    let text = ctx.metrics.encode();
+    for line in [
+        r#"kubetune_operator_policy_phase{namespace="shop",policy="web",phase="PodsNeedRestart"} 1"#,
+        r#"kubetune_operator_policy_pods{namespace="shop",policy="web",state="needs_restart"} 1"#,
+        r#"kubetune_operator_policy_pods{namespace="shop",policy="web",state="matched"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing in\n{text}");
+    }
     assert_eq!(patch.body["status"]["summary"], "net.core.somaxconn=16384");
     assert_eq!(ev.body["reason"], "PodsNeedRestart");
 }

@@ -6,6 +6,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// Every metric name the webhook exports (as they appear in the exposition, counters with
+/// `_total`); tests check that alert rules only use these.
+pub const METRIC_NAMES: &[&str] = &[
+    "kubetune_webhook_requests_total",
+    "kubetune_webhook_request_duration_seconds",
+    "kubetune_webhook_patches_total",
+    "kubetune_webhook_plan_memo_hits_total",
+];
+
 /// `outcome` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -158,6 +167,26 @@ impl Metrics {
                     })
                     .inc();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_metric_name_is_exported() {
+        let m = Metrics::default();
+        m.observe("mutate", "patched", 0.0001);
+        m.patched("securityContext");
+        m.memo_hits.inc();
+        let t = m.encode();
+        for name in METRIC_NAMES {
+            assert!(
+                t.lines().any(|l| l.starts_with(name)),
+                "{name} not exported:\n{t}"
+            );
         }
     }
 }
