@@ -266,15 +266,20 @@ fn allowed_with_warning(uid: &str, warning: String) -> Reviewed {
     }
 }
 
+/// `request.uid` of a review that may be malformed ("" when absent), to answer it in kind.
+fn request_uid(review: &Value) -> String {
+    review
+        .pointer("/request/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn decode(
     body: &[u8],
 ) -> Result<Result<AdmissionRequest<DynamicObject>, (String, String)>, NotJson> {
     let v: Value = serde_json::from_slice(body)?;
-    let uid = v
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let uid = request_uid(&v);
     if v.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1") {
         return Ok(Err((
             uid,
@@ -390,11 +395,7 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
         Err(e) => {
             // Valid JSON of the wrong shape is answered in AdmissionReview form; non-JSON is a 400.
             let v: Value = serde_json::from_slice(body)?;
-            let uid = v
-                .pointer("/request/uid")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let uid = request_uid(&v);
             return Ok(mutate_malformed(
                 &uid,
                 format!("malformed AdmissionReview: {e}"),
