@@ -405,23 +405,26 @@ fn main() {
             ratio(&real, &noop);
         }
 
-        println!("\n2) replicas at a fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):");
-        header();
-        let (mut n, mut r) = (Vec::new(), Vec::new());
         let part = seconds / ROUNDS as f64;
-        for i in 0..ROUNDS {
-            if i % 2 == 0 {
-                n.push(fixed_rate(a2, &ca, clients, rate, part, replicas.clone()).await);
-                r.push(fixed_rate(a1, &ca, clients, rate, part, replicas.clone()).await);
-            } else {
-                r.push(fixed_rate(a1, &ca, clients, rate, part, replicas.clone()).await);
-                n.push(fixed_rate(a2, &ca, clients, rate, part, replicas.clone()).await);
+        for (title, fresh) in [("replicas", false), ("every review a different pod shape (planned from scratch)", true)] {
+            println!("\n2{}) {title} at a fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):", if fresh { "b" } else { "a" });
+            header();
+            let (mut n, mut r) = (Vec::new(), Vec::new());
+            for i in 0..ROUNDS {
+                let bodies = if fresh { distinct_bodies(&format!("f{i}-"), (rate * part) as usize + clients) } else { replicas.clone() };
+                if i % 2 == 0 {
+                    n.push(fixed_rate(a2, &ca, clients, rate, part, bodies.clone()).await);
+                    r.push(fixed_rate(a1, &ca, clients, rate, part, bodies).await);
+                } else {
+                    r.push(fixed_rate(a1, &ca, clients, rate, part, bodies.clone()).await);
+                    n.push(fixed_rate(a2, &ca, clients, rate, part, bodies).await);
+                }
             }
+            let (noop, real) = (figures(n), figures(r));
+            row("kubetune /mutate", &real);
+            row("no-op (same TLS stack)", &noop);
+            ratio(&real, &noop);
         }
-        let (noop, real) = (figures(n), figures(r));
-        row("kubetune /mutate", &real);
-        row("no-op (same TLS stack)", &noop);
-        ratio(&real, &noop);
         println!("\ntargets: >= 5000 reviews/s on 2 cores; p99 <= 1.5x no-op");
     });
     println!("total bench time {:.1}s", began.elapsed().as_secs_f64());
