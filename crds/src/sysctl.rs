@@ -678,9 +678,18 @@ pub fn validate_value(name: &str, value: &str) -> Result<String, SysctlError> {
     }
 }
 
-/// Values equal as the kernel sees them (whitespace-insensitive for multi-value sysctls).
+/// Values equal as the kernel sees them: whitespace-insensitive for multi-value sysctls, spaces
+/// after commas ignored in port lists, integers compared as numbers (the kernel reads `059` and
+/// `+59` as 59 and prints `59`).
 pub fn values_equal(a: &str, b: &str) -> bool {
-    a.split_whitespace().eq(b.split_whitespace())
+    fn tokens(v: &str) -> impl Iterator<Item = &str> {
+        v.split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+    }
+    let same = |x: &str, y: &str| {
+        x == y || matches!((x.parse::<i64>(), y.parse::<i64>()), (Ok(p), Ok(q)) if p == q)
+    };
+    tokens(a).count() == tokens(b).count() && tokens(a).zip(tokens(b)).all(|(x, y)| same(x, y))
 }
 
 /// Named sets of sysctls.

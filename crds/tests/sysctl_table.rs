@@ -244,6 +244,23 @@ fn presets_expand_to_valid_sysctls() {
 fn multi_value_equality_ignores_whitespace() {
     assert!(values_equal("1024\t65535", "1024 65535"));
     assert!(!values_equal("1024 65535", "1024 65534"));
+    assert!(!values_equal("1024 65535", "1024"));
+    assert!(!values_equal("", "0"));
+}
+
+#[test]
+fn equality_is_the_kernels_reading_of_integers_and_port_lists() {
+    // A policy may say 059 or +59; the kernel (and the pod's netns) reads back 59.
+    assert!(values_equal("059", "59"));
+    assert!(values_equal("+59", "59"));
+    assert!(values_equal("4096 087380 6291456", "4096\t87380\t6291456"));
+    assert!(!values_equal("059", "58"));
+    // ip_local_reserved_ports: the kernel prints the list without spaces.
+    assert!(values_equal("8080, 9148", "8080,9148"));
+    assert!(values_equal("8080-8090,9148", "8080-8090, 9148"));
+    assert!(!values_equal("8080-8090", "8080-8091"));
+    // Not integers: compared as written.
+    assert!(!values_equal("abc", "ABC"));
 }
 
 fn spec(sysctls: Option<&[(&str, &str)]>, preset: Option<Preset>) -> TuningPolicySpec {

@@ -717,3 +717,51 @@ fn preset_summary_and_multi_sysctl_verification() {
     assert_eq!(s.verified_pods, 1);
     assert_eq!(s.phase.as_deref(), Some("Verified"));
 }
+
+/// A policy may spell a number the kernel reads the same way (`08192`); the netns reads back
+/// `8192`. Applied and Verified compare values as the kernel does, for decision records written
+/// canonically (this webhook) and as the policy spelled them (older records).
+#[test]
+fn non_canonical_policy_values_verify_against_the_kernels_reading() {
+    let p = policy("web", 1, "web", &[(SOMAXCONN, "08192")]);
+    let facts = facts_allowing_somaxconn();
+    let r = report(
+        "web-1",
+        R {
+            observed_at: 5,
+            ..R::default()
+        },
+    );
+    for recorded in ["8192", "08192"] {
+        let pd = pod(
+            "web-1",
+            "web",
+            0,
+            Some(&[injected("web", 1, SOMAXCONN, recorded)]),
+        );
+        let s = compute_status(&p, [&pd], [&r], &facts, t(400));
+        assert_eq!(
+            (s.applied_pods, s.verified_pods),
+            (1, 1),
+            "recorded {recorded}: {s:?}"
+        );
+        assert_eq!(s.phase.as_deref(), Some("Verified"), "recorded {recorded}");
+    }
+    // A different number is still a different value.
+    let r_other = report(
+        "web-1",
+        R {
+            somaxconn: 4096,
+            observed_at: 5,
+            ..R::default()
+        },
+    );
+    let pd = pod(
+        "web-1",
+        "web",
+        0,
+        Some(&[injected("web", 1, SOMAXCONN, "8192")]),
+    );
+    let s = compute_status(&p, [&pd], [&r_other], &facts, t(400));
+    assert_eq!(s.verified_pods, 0, "{s:?}");
+}

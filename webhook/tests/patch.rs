@@ -379,3 +379,33 @@ fn pod_without_spec_gets_one() {
         [("net.ipv4.ip_local_port_range".into(), "1024 65535".into())]
     );
 }
+
+/// Found by the `validate` fuzz target: a policy value the kernel reads as another spelling of
+/// the same number (`059`, `+59`) or a port list with spaces is injected in canonical form; the
+/// decision records that form too, so a re-invocation sees kubetune's own value, not the pod's.
+#[test]
+fn non_canonical_policy_values_are_injected_and_recorded_canonically() {
+    for (name, written, canonical) in [
+        ("net.ipv4.tcp_keepalive_time", "059", "59"),
+        ("net.ipv4.tcp_keepalive_time", "+59", "59"),
+        ("net.ipv4.ip_local_port_range", "01024  65535", "1024 65535"),
+    ] {
+        let doc = apply_idempotent(
+            &pod(json!({})),
+            &[policy(
+                "p",
+                json!({"sysctls": [{"name": name, "value": written}]}),
+            )],
+            &facts(false),
+        );
+        assert_eq!(sysctls(&doc), [(name.to_string(), canonical.to_string())]);
+        let d = PodDecision::parse(
+            doc["metadata"]["annotations"][DECISION_ANNOTATION]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(d.entries.len(), 1, "{d:?}");
+        assert_eq!(d.entries[0].value, canonical, "{d:?}");
+    }
+}

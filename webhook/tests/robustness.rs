@@ -42,6 +42,11 @@ const VALID: &[(&str, &str)] = &[
     ("net.ipv4.tcp_max_syn_backlog", "8192"),
     ("net.ipv4.tcp_keepalive_time", "600"),
     ("net.ipv4.tcp_keepalive_time", "300"),
+    // Valid, but not as the kernel prints them (found by the fuzzer: injected "59", recorded
+    // "059", re-invocation patched again).
+    ("net.ipv4.tcp_keepalive_time", "0300"),
+    ("net.core.somaxconn", "+4096"),
+    ("net.ipv4.ip_local_port_range", "1024\t 65535"),
     ("net.ipv4.ip_local_port_range", "1024 65535"),
     ("net/ipv4/tcp_syncookies", "1"),
     ("net.ipv4.tcp_syncookies", "0"),
