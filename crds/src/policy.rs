@@ -216,15 +216,19 @@ pub mod condition {
     pub const VERIFIED: &str = "Verified";
 }
 
-/// A policy's desired sysctls, resolved: explicit list or expanded preset (names normalised).
+/// A policy's desired sysctls, resolved: explicit list or expanded preset (names normalised, valid
+/// values as the kernel prints them).
 pub fn desired_sysctls(spec: &TuningPolicySpec) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(list) = &spec.sysctls {
         for s in list {
-            out.insert(
-                crate::sysctl::normalize_name(&s.name),
-                s.value.trim().to_string(),
-            );
+            let name = crate::sysctl::normalize_name(&s.name);
+            // The value as the kernel prints it (`059` -> `59`, tabs -> one space), so what is
+            // injected, recorded and compared with the netns is one spelling; an invalid value
+            // stays as written (validate_spec reports it).
+            let value = crate::sysctl::validate_value(&name, &s.value)
+                .unwrap_or_else(|_| s.value.trim().to_string());
+            out.insert(name, value);
         }
     } else if let Some(p) = spec.preset {
         for (n, v) in p.expand() {

@@ -689,7 +689,14 @@ pub fn values_equal(a: &str, b: &str) -> bool {
     let same = |x: &str, y: &str| {
         x == y || matches!((x.parse::<i64>(), y.parse::<i64>()), (Ok(p), Ok(q)) if p == q)
     };
-    tokens(a).count() == tokens(b).count() && tokens(a).zip(tokens(b)).all(|(x, y)| same(x, y))
+    let (mut a, mut b) = (tokens(a), tokens(b));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if same(x, y) => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Named sets of sysctls.

@@ -6,28 +6,13 @@
 //! and is not repeated on re-admission.
 #![no_main]
 
-use kubetune_crds::facts::{ClusterFacts, NodeGroup, TuningCni};
+mod common;
+
+use common::review;
 use kubetune_crds::policy::TuningPolicy;
-use kubetune_crds::sysctl::KubeVersion;
-use kubetune_webhook::admission::{mutate, to_wire, validate, Config, Snapshot};
-use kubetune_webhook::plan::NamespaceFacts;
+use kubetune_webhook::admission::{to_wire, validate, Config};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
-
-fn review(kind: &str, object: &Value, uid: &str) -> Vec<u8> {
-    let (group, version, resource) = if kind == "Pod" {
-        ("", "v1", "pods")
-    } else {
-        ("kubetune.dev", "v1alpha1", "tuningpolicies")
-    };
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": uid, "kind": {"group": group, "version": version, "kind": kind},
-        "resource": {"group": group, "version": version, "resource": resource},
-        "namespace": "shop", "operation": "CREATE", "userInfo": {"username": "fuzz"},
-        "object": object}})
-    .to_string()
-    .into_bytes()
-}
 
 /// A pod the admitted policy selects (its podSelector's matchLabels, when it has any).
 fn selected_pod(policy: &TuningPolicy) -> Value {
@@ -84,45 +69,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(policy) = serde_json::from_value::<TuningPolicy>(object) else {
         panic!("/validate admitted an object that is not a TuningPolicy: {v}");
     };
-    let snap = Snapshot {
-        policies: vec![policy.clone()],
-        namespaces: [(
-            "shop".to_string(),
-            NamespaceFacts {
-                name: "shop".into(),
-                labels: Default::default(),
-            },
-        )]
-        .into(),
-        facts: ClusterFacts {
-            kubernetes_version: KubeVersion::new(1, 31),
-            node_groups: vec![NodeGroup {
-                name: "ingress".into(),
-                node_selector: [("pool".into(), "ingress".into())].into(),
-                allowed_unsafe_sysctls: vec![
-                    "net.core.somaxconn".into(),
-                    "net.ipv4.tcp_max_syn_backlog".into(),
-                ],
-            }],
-            tuning_cni: Some(TuningCni {
-                network_name: "kubetune-tuning".into(),
-            }),
-        },
-        ..Default::default()
-    };
-    let cfg = Config::new("kubetune-system", &[]);
     let pod = selected_pod(&policy);
-    let a = mutate(&review("Pod", &pod, "m1"), &snap, &cfg).expect("answered");
-    let m = a.json();
-    assert_eq!(m["response"]["allowed"], json!(true), "{m}");
-    let Some(patch) = a.patch() else { return };
-    let mut doc = pod.clone();
-    json_patch::patch(&mut doc, &patch)
-        .unwrap_or_else(|e| panic!("patch does not apply: {e}\n{pod}\n{m}"));
-    let again = mutate(&review("Pod", &doc, "m2"), &snap, &cfg).expect("answered");
-    assert!(
-        again.patch().is_none(),
-        "re-invocation patched again:\n{doc}\n{}",
-        again.json()
+    common::admit_twice(
+        &pod,
+        &common::snapshot(vec![policy]),
+        &Config::new("kubetune-system", &[]),
     );
 });

@@ -261,10 +261,6 @@ fn plan_with_own(
         });
         let spec_errors = validate_spec(&p.spec);
         for (sysctl, value) in desired_sysctls(&p.spec) {
-            // The value as the kernel prints it (`059` -> `59`, tabs -> one space): what is
-            // injected and what the decision records, so a re-invocation and the operator compare
-            // like with like. An invalid value stays as written (it is refused below).
-            let value = sysctl::validate_value(&sysctl, &value).unwrap_or(value);
             let entry = |outcome, delivery, reason: &str, message: String| DecisionEntry {
                 policy: name.clone(),
                 generation,
@@ -327,12 +323,12 @@ fn plan_with_own(
                     ));
                 }
                 Ok(d) => {
-                    let canonical = value.clone();
+                    // `value` is canonical (desired_sysctls): injected and recorded alike.
                     match d.how {
                         DeliveryDecision::TuningCni => {
-                            out.tuning_cni.insert(sysctl.clone(), canonical)
+                            out.tuning_cni.insert(sysctl.clone(), value.clone())
                         }
-                        _ => out.security_context.insert(sysctl.clone(), canonical),
+                        _ => out.security_context.insert(sysctl.clone(), value.clone()),
                     };
                     claimed.insert(sysctl.clone(), name.clone());
                     out.decision.entries.push(entry(
