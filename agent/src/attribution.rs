@@ -1,11 +1,16 @@
 //! netns → pod attribution from `/proc/<pid>/cgroup` (pure parsing), and the off-cluster
 //! process fallback.
 //!
-//! Recognised layouts (cgroup v1 and v2, anywhere in the path so nested setups like kind work):
-//! * systemd driver: `.../kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_with_underscores>.slice/<runtime>-<id>.scope`
-//!   (guaranteed pods: `kubepods-pod<uid>.slice`), runtime `cri-containerd`, `crio`, `docker`;
-//!   `crio-conmon-<id>.scope` is CRI-O's monitor, not a container.
-//! * cgroupfs driver: `.../kubepods/<qos>/pod<uid>/<id>` (guaranteed: `.../kubepods/pod<uid>/<id>`).
+//! The pod is found by its own components wherever they stand in the path, so the same parser
+//! works for absolute paths (the host's cgroup namespace), for paths relative to a private cgroup
+//! namespace (`0::/../../kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`, what an
+//! unprivileged agent container sees on cgroup v2), for cgroup v1 and hybrid files, and for nested
+//! setups like kind. Recognised components:
+//! * systemd driver: `<prefix>kubepods[-<qos>]-pod<uid_with_underscores>.slice` (Guaranteed pods
+//!   have no qos level: `kubepods-pod<uid>.slice`), followed by `<runtime>-<id>.scope` with runtime
+//!   `cri-containerd`, `crio`, `docker`; `crio-conmon-<id>.scope` is CRI-O's monitor, not a container.
+//! * cgroupfs driver: `pod<uid>` followed by `<id>`; the qos is the parent component (`burstable`,
+//!   `besteffort`, or `kubepods` for Guaranteed), `unknown` when a relative path starts below it.
 
 use serde::Serialize;
 
@@ -14,7 +19,8 @@ use serde::Serialize;
 pub struct PodCgroup {
     /// Pod UID (dashes).
     pub pod_uid: String,
-    /// QoS class from the path: `guaranteed`, `burstable` or `besteffort`.
+    /// QoS class from the path: `guaranteed`, `burstable`, `besteffort`, or `unknown` (a
+    /// cgroupfs-driver path relative to a private cgroup namespace that starts below the qos level).
     pub qos: String,
     /// Container id (64 hex), when the process is in a container's cgroup.
     pub container_id: Option<String>,
@@ -22,85 +28,89 @@ pub struct PodCgroup {
     pub runtime: Option<String>,
 }
 
-/// Parses the content of `/proc/<pid>/cgroup`. Returns `None` for non-pod processes.
+/// Parses the content of `/proc/<pid>/cgroup` (v2 `0::` line, v1 `N:controllers:` lines, or
+/// both on hybrid hosts). Returns `None` for non-pod processes.
 pub fn parse_pod_cgroup(content: &str) -> Option<PodCgroup> {
-    // Prefer the v2 line ("0::"), else the first line with a kubepods path.
-    let mut paths: Vec<&str> = content
+    // The v2 line first, then the v1 lines, longest path first.
+    let mut paths: Vec<(bool, &str)> = content
         .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .filter(|p| p.contains("kubepods"))
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let id = it.next()?;
+            it.next()?;
+            Some((id == "0", it.next()?))
+        })
         .collect();
-    paths.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    content
-        .lines()
-        .find(|l| l.starts_with("0::") && l.contains("kubepods"))
-        .and_then(|l| l.get(3..))
+    paths.sort_by_key(|(v2, p)| (!v2, std::cmp::Reverse(p.len())));
+    paths
         .into_iter()
-        .chain(paths)
-        .find_map(parse_pod_cgroup_path)
+        .find_map(|(_, p)| parse_pod_cgroup_path(p))
 }
 
-/// Parses one cgroup path.
+/// Parses one cgroup path, absolute or `..`-relative: the innermost pod component and the
+/// container component right below it.
 pub fn parse_pod_cgroup_path(path: &str) -> Option<PodCgroup> {
-    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    let kp = comps.iter().position(|c| {
-        *c == "kubepods" || *c == "kubepods.slice" || c.ends_with("-kubepods.slice")
+    let comps: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let (i, pod_uid, qos) = comps.iter().enumerate().rev().find_map(|(i, c)| {
+        let parent = i.checked_sub(1).map(|j| comps[j]);
+        pod_component(c, parent).map(|(uid, qos)| (i, uid, qos))
     })?;
-    let rest = &comps[kp + 1..];
-    let mut qos = "guaranteed".to_string();
-    let mut uid = None;
-    let mut idx = 0;
-    for (i, c) in rest.iter().enumerate() {
-        if let Some(s) = c.strip_suffix(".slice") {
-            // kubepods-burstable.slice / kubepods-burstable-pod<uid>.slice / kubepods-pod<uid>.slice
-            let s = match s.find("kubepods-") {
-                Some(i) => &s[i + "kubepods-".len()..],
-                None => s,
-            };
-            if let Some(p) = s.find("pod") {
-                let q = s[..p].trim_end_matches('-');
-                if !q.is_empty() {
-                    qos = q.to_string();
-                }
-                uid = Some(s[p + 3..].replace('_', "-"));
-                idx = i;
-                break;
-            } else if s == "burstable" || s == "besteffort" {
-                qos = s.to_string();
-            }
-        } else if let Some(u) = c.strip_prefix("pod") {
-            uid = Some(u.to_string());
-            idx = i;
-            break;
-        } else if *c == "burstable" || *c == "besteffort" {
-            qos = c.to_string();
-        }
-    }
-    let uid = uid.filter(|u| is_uid(u))?;
-    let (container_id, runtime) = match rest.get(idx + 1) {
-        Some(c) => match c.strip_suffix(".scope") {
-            Some(scope) => {
-                if scope.starts_with("crio-conmon-") {
-                    (None, Some("crio".to_string()))
-                } else if let Some((rt, id)) = scope.rsplit_once('-') {
-                    (
-                        is_container_id(id).then(|| id.to_string()),
-                        Some(rt.to_string()),
-                    )
-                } else {
-                    (None, None)
-                }
-            }
-            None => (is_container_id(c).then(|| c.to_string()), None),
-        },
-        None => (None, None),
-    };
+    let (container_id, runtime) = comps
+        .get(i + 1)
+        .map(|c| container_component(c))
+        .unwrap_or((None, None));
     Some(PodCgroup {
-        pod_uid: uid,
-        qos,
+        pod_uid,
+        qos: qos.to_string(),
         container_id,
         runtime,
     })
+}
+
+/// A pod-level component: (uid with dashes, qos).
+fn pod_component(c: &str, parent: Option<&str>) -> Option<(String, &'static str)> {
+    if let Some(s) = c.strip_suffix(".slice") {
+        // systemd: <prefix>kubepods-<qos>-pod<uid_>.slice or <prefix>kubepods-pod<uid_>.slice
+        let (head, uid) = s.rsplit_once("-pod")?;
+        let uid = uid.replace('_', "-");
+        let qos = if head.ends_with("kubepods") {
+            "guaranteed"
+        } else {
+            match head.rsplit_once('-')? {
+                (k, "burstable") if k.ends_with("kubepods") => "burstable",
+                (k, "besteffort") if k.ends_with("kubepods") => "besteffort",
+                _ => return None,
+            }
+        };
+        return is_uid(&uid).then_some((uid, qos));
+    }
+    // cgroupfs: [kubepods/][<qos>/]pod<uid>
+    let uid = c.strip_prefix("pod").filter(|u| is_uid(u))?;
+    let qos = match parent {
+        Some("burstable") => "burstable",
+        Some("besteffort") => "besteffort",
+        Some("kubepods") => "guaranteed",
+        _ => "unknown",
+    };
+    Some((uid.to_string(), qos))
+}
+
+/// A container component: (container id, runtime).
+fn container_component(c: &str) -> (Option<String>, Option<String>) {
+    match c.strip_suffix(".scope") {
+        Some(scope) if scope.starts_with("crio-conmon-") => (None, Some("crio".to_string())),
+        Some(scope) => match scope.rsplit_once('-') {
+            Some((rt, id)) => (
+                is_container_id(id).then(|| id.to_string()),
+                Some(rt.to_string()),
+            ),
+            None => (None, None),
+        },
+        None => (is_container_id(c).then(|| c.to_string()), None),
+    }
 }
 
 fn is_uid(s: &str) -> bool {
@@ -169,6 +179,94 @@ mod tests {
                     assert_eq!(g.runtime.as_deref(), rt, "{input}");
                 }
             }
+        }
+    }
+
+    /// The three QoS classes × three runtime/driver layouts, as absolute paths (host cgroup
+    /// namespace) and as what a process in a private cgroup namespace reads (`..`-relative, from
+    /// an agent cgroup at several depths), as v2, v1 and hybrid files.
+    #[test]
+    fn every_qos_driver_and_view() {
+        // systemd driver with a runtime prefix, or the cgroupfs driver (None).
+        fn comps(runtime: Option<&str>, qos: &str) -> Vec<String> {
+            let g = qos == "guaranteed";
+            let mut v = match runtime {
+                Some(_) => vec!["kubepods.slice".to_string()],
+                None => vec!["kubepods".to_string()],
+            };
+            match (runtime, g) {
+                (Some(_), true) => v.push(format!("kubepods-pod{UIDU}.slice")),
+                (Some(_), false) => {
+                    v.push(format!("kubepods-{qos}.slice"));
+                    v.push(format!("kubepods-{qos}-pod{UIDU}.slice"));
+                }
+                (None, true) => v.push(format!("pod{UID}")),
+                (None, false) => {
+                    v.push(qos.to_string());
+                    v.push(format!("pod{UID}"));
+                }
+            }
+            v.push(match runtime {
+                Some(rt) => format!("{rt}-{CID}.scope"),
+                None => CID.to_string(),
+            });
+            v
+        }
+        let mut checked = 0;
+        for runtime in [Some("cri-containerd"), Some("crio"), None] {
+            for qos in ["guaranteed", "burstable", "besteffort"] {
+                let comps = comps(runtime, qos);
+                let pod_at = comps.len() - 2;
+                // Absolute, then relative: the agent's own cgroup is 1..=4 levels deep and shares
+                // 0..=pod_at leading components with the target.
+                let mut views = vec![(format!("/{}", comps.join("/")), qos)];
+                for up in 1..=4 {
+                    for keep in 0..=pod_at {
+                        let rel = format!("/{}{}", "../".repeat(up), comps[keep..].join("/"));
+                        // cgroupfs names the qos only in the parent component.
+                        let want = if runtime.is_none() && keep == pod_at {
+                            "unknown"
+                        } else {
+                            qos
+                        };
+                        views.push((rel, want));
+                    }
+                }
+                for (path, want_qos) in views {
+                    let v1 = format!("12:pids:{path}\n11:memory:{path}\n1:name=systemd:{path}\n");
+                    for content in [
+                        format!("0::{path}\n"),
+                        v1.clone(),
+                        // hybrid: the unified line is systemd's and names no pod
+                        format!("{v1}0::/../../system.slice/containerd.service\n"),
+                    ] {
+                        let g = parse_pod_cgroup(&content)
+                            .unwrap_or_else(|| panic!("no pod in {content}"));
+                        assert_eq!(g.pod_uid, UID, "{content}");
+                        assert_eq!(g.qos, want_qos, "{content}");
+                        assert_eq!(g.container_id.as_deref(), Some(CID), "{content}");
+                        assert_eq!(g.runtime.as_deref(), runtime, "{content}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 300, "{checked}");
+    }
+
+    #[test]
+    fn not_a_pod_even_when_relative() {
+        for content in [
+            "0::/\n",
+            "0::/../../..\n",
+            "0::/../../system.slice/kubelet.service\n",
+            "0::/../kubepods-burstable.slice\n",
+            "0::/../kubepods-burstable-podnot_a_uid.slice/cri-containerd-1.scope\n",
+            "0::/../../burstable/pod1234/abc\n",
+            // a pod-like slice outside kubepods is not a pod
+            "0::/../../user-pod8f4e2a6c_1b3d_4e5f_9a7b_0c1d2e3f4a5b.slice\n",
+        ] {
+            assert_eq!(parse_pod_cgroup(content), None, "{content}");
         }
     }
 

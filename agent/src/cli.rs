@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "kubetune node agent: TCP accept-queue observation and diagnosis"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: kubetune_logging::LogArgs,
     #[command(subcommand)]
     /// What to do.
     pub cmd: Cmd,
@@ -74,9 +76,15 @@ pub enum Cmd {
         /// Scan interval.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         interval: Duration,
-        /// Minimum time between two writes of the same pod's report.
+        /// Minimum time between two writes of the same pod's report (new overflows are written
+        /// at once when the last write that carried overflows is at least this old).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         min_write_interval: Duration,
+        /// Poll only: do not re-sample a pod on the probe's overflow events (the sock-diag
+        /// tier always polls). Env: KUBETUNE_NO_OVERFLOW_EVENTS=1.
+        #[arg(long, env = "KUBETUNE_NO_OVERFLOW_EVENTS", action = clap::ArgAction::SetTrue,
+              value_parser = clap::builder::BoolishValueParser::new())]
+        no_overflow_events: bool,
     },
     /// Load the eBPF programs, print the active tier and per-hook status as JSON, unload.
     Probe,

@@ -1,6 +1,9 @@
 //! Cluster mode: pods on this node (watch limited by `spec.nodeName`), one `ListenerReport` per
 //! pod via server-side apply (field manager `kubetune-agent`, ownerReference to the Pod), written
-//! only when the observation changed and at most once per `min_write_interval` per pod.
+//! only when the observation changed, at most once per `min_write_interval` per pod — except
+//! that new overflows are written at once when the last write carrying overflows is that old
+//! ([`should_write`]). Overflow events re-sample a pod between scans ([`crate::events`]).
+//! Alongside, [`crate::nodepublish::run`] publishes what this node's kubelet accepts.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::attribution::strip_runtime_scheme;
 use crate::metrics::{self, MetricsState, PodNames};
+use crate::probe::tier_reason;
 use crate::scanner::{Scanner, Snapshot};
 
 /// Errors in cluster mode.
@@ -39,26 +43,62 @@ pub struct RunConfig {
     pub interval: Duration,
     /// Minimum time between two writes of one pod's report.
     pub min_write_interval: Duration,
+    /// Re-sample a pod at once on the probe's overflow events (eBPF tiers); otherwise poll only.
+    pub overflow_events: bool,
+}
+
+/// What was last written for a pod, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastWrite {
+    /// The spec written.
+    pub spec: ListenerReportSpec,
+    /// When.
+    pub at: Instant,
+    /// When a write last carried new overflows (`overflowsTotal` grew).
+    pub overflow_at: Option<Instant>,
+}
+
+impl LastWrite {
+    /// The record after writing `spec` at `now` (over `prev`).
+    pub fn after(prev: Option<&LastWrite>, spec: ListenerReportSpec, now: Instant) -> LastWrite {
+        let grew = spec.overflows_total > prev.map_or(0, |p| p.spec.overflows_total);
+        LastWrite {
+            overflow_at: if grew {
+                Some(now)
+            } else {
+                prev.and_then(|p| p.overflow_at)
+            },
+            spec,
+            at: now,
+        }
+    }
 }
 
 /// Decides whether a pod's report must be written now (pure; unit tested).
 ///
 /// Written when there is no previous write, or when the spec changed (ignoring `observedAt`)
-/// and the last write is at least `min_interval` old.
+/// and either the last write is at least `min_interval` old, or the change carries new
+/// overflows and the last write that did is at least `min_interval` old. So under a sustained
+/// flood every write carries overflows and a pod gets one write per interval, while a burst
+/// right after a routine write (a queue length, a window expiring) is not held back by it.
 pub fn should_write(
-    last: Option<&(ListenerReportSpec, Instant)>,
+    last: Option<&LastWrite>,
     new: &ListenerReportSpec,
     now: Instant,
     min_interval: Duration,
 ) -> bool {
     match last {
         None => true,
-        Some((prev, at)) => {
-            let mut a = prev.clone();
+        Some(l) => {
+            let mut a = l.spec.clone();
             let mut b = new.clone();
             a.observed_at.clear();
             b.observed_at.clear();
-            a != b && now.duration_since(*at) >= min_interval
+            let due = |t: Instant| now.duration_since(t) >= min_interval;
+            a != b
+                && (due(l.at)
+                    || (new.overflows_total > l.spec.overflows_total
+                        && l.overflow_at.is_none_or(due)))
         }
     }
 }
@@ -66,7 +106,7 @@ pub fn should_write(
 /// The server-side-apply body of a pod's report.
 pub fn report_object(pod: &Pod, spec: ListenerReportSpec) -> serde_json::Value {
     serde_json::json!({
-        "apiVersion": "kubetune.dev/v1alpha1",
+        "apiVersion": kubetune_crds::API_VERSION,
         "kind": "ListenerReport",
         "metadata": {
             "name": pod.metadata.name,
@@ -114,7 +154,7 @@ pub async fn write_reports(
     node_name: &str,
     snap: &Snapshot,
     pods: &[Pod],
-    last: &mut HashMap<String, (ListenerReportSpec, Instant)>,
+    last: &mut HashMap<String, LastWrite>,
     min_write_interval: Duration,
 ) -> HashMap<String, PodNames> {
     let by_uid: HashMap<String, &Pod> = pods
@@ -155,7 +195,8 @@ pub async fn write_reports(
             .await
         {
             Ok(_) => {
-                last.insert(pc.pod_uid.clone(), (spec, now));
+                let w = LastWrite::after(last.get(&pc.pod_uid), spec, now);
+                last.insert(pc.pod_uid.clone(), w);
             }
             Err(e) => {
                 warn!(pod = %pn.name, namespace = %pn.namespace, error = %e, "writing ListenerReport")
@@ -184,43 +225,54 @@ pub async fn run(scanner: Scanner, cfg: RunConfig) -> Result<(), ClusterError> {
         }
     });
 
+    // What this node's kubelet accepts: node labels and the NodeTuning.
+    tokio::spawn(crate::nodepublish::run(
+        client.clone(),
+        cfg.node_name.clone(),
+    ));
+
     let state = std::sync::Arc::new(std::sync::RwLock::new(MetricsState::default()));
     metrics::serve(cfg.metrics_addr, state.clone()).map_err(ClusterError::Metrics)?;
-    info!(node = %cfg.node_name, tier = scanner.tier().as_str(), metrics = %cfg.metrics_addr, "cluster mode");
+    let hooks = scanner.probe().map(|p| p.hooks()).unwrap_or_default();
+    let reason = tier_reason(scanner.tier(), hooks, scanner.fallback_reason());
+    info!(node = %cfg.node_name, tier = scanner.tier().as_str(), %reason, metrics = %cfg.metrics_addr, "cluster mode");
+
+    let mut scanner = scanner;
+    let ring = if cfg.overflow_events {
+        scanner.probe_mut().and_then(crate::Probe::take_events)
+    } else {
+        None
+    };
+    match (&ring, scanner.tier()) {
+        (Some(_), tier) => info!(tier = tier.as_str(), interval = ?cfg.interval,
+            "detection: overflow events (final-ACK-phase drops{}) re-sample a pod at once; SYN-phase drops, queue lengths and new listeners by the scan every interval",
+            if tier == crate::Tier::EbpfFentry { " and SYN-phase drops" } else { "" }),
+        (None, tier) => info!(tier = tier.as_str(), interval = ?cfg.interval,
+            "detection: polling only (no overflow events: {}); overflows are seen by the scan every interval",
+            if cfg.overflow_events { "no eBPF ring buffer in this tier" } else { "--no-overflow-events" }),
+    }
 
     // The scanner (and the eBPF maps it reads) lives on its own thread.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Snapshot>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (req_tx, req_rx) = std::sync::mpsc::channel();
     let interval = cfg.interval;
     std::thread::Builder::new()
         .name("kt-scan".into())
-        .spawn(move || {
-            let mut scanner = scanner;
-            loop {
-                if tx.blocking_send(scanner.scan()).is_err() {
-                    return;
-                }
-                std::thread::sleep(interval);
-            }
-        })
+        .spawn(move || crate::events::scan_loop(scanner, interval, req_rx, tx))
         .map_err(ClusterError::Metrics)?;
-
-    let mut last: HashMap<String, (ListenerReportSpec, Instant)> = HashMap::new();
-    while let Some(snap) = rx.recv().await {
-        let pods_now: Vec<Pod> = store.state().iter().map(|p| p.as_ref().clone()).collect();
-        let names = write_reports(
-            &client,
-            &cfg.node_name,
-            &snap,
-            &pods_now,
-            &mut last,
-            cfg.min_write_interval,
-        )
-        .await;
-        if let Ok(mut st) = state.write() {
-            st.snapshot = Some(snap);
-            st.pods = names;
-        }
-    }
+    let wakes = ring.map(|rb| {
+        let (wtx, wrx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(crate::events::read_events(rb, wtx));
+        wrx
+    });
+    let cx = crate::events::ReportContext {
+        client: &client,
+        node_name: &cfg.node_name,
+        pods: &store,
+        state: &state,
+        min_write_interval: cfg.min_write_interval,
+    };
+    crate::events::report_loop(cx, rx, req_tx, wakes).await;
     Ok(())
 }
 
@@ -247,7 +299,8 @@ mod tests {
             should_write(None, &spec(1, "a"), t0, min),
             "first observation is written"
         );
-        let last = (spec(1, "a"), t0);
+        let last = LastWrite::after(None, spec(1, "a"), t0);
+        assert_eq!(last.overflow_at, Some(t0), "1 overflow is new");
         assert!(
             !should_write(
                 Some(&last),
@@ -269,6 +322,41 @@ mod tests {
                 min
             ),
             "changed and due"
+        );
+    }
+
+    #[test]
+    fn new_overflows_are_not_held_back_by_a_routine_write() {
+        let t0 = Instant::now();
+        let min = Duration::from_secs(10);
+        let s = Duration::from_secs;
+        let overflowed = LastWrite::after(None, spec(5, "a"), t0);
+        let mut routine = spec(5, "b");
+        routine.listener_count = 2;
+        let routine = LastWrite::after(Some(&overflowed), routine, t0 + s(20));
+        assert_eq!(
+            routine.overflow_at,
+            Some(t0),
+            "a routine write keeps the overflow time"
+        );
+        let mut burst = routine.spec.clone();
+        burst.overflows_total = 9;
+        assert!(
+            should_write(Some(&routine), &burst, t0 + s(21), min),
+            "new overflows 1 s after a routine write: written at once"
+        );
+        let flood = LastWrite::after(Some(&routine), burst.clone(), t0 + s(21));
+        let mut more = burst.clone();
+        more.overflows_total = 12;
+        assert!(
+            !should_write(Some(&flood), &more, t0 + s(25), min),
+            "a flood: one write per interval"
+        );
+        let mut quieter = burst;
+        quieter.listener_count = 3;
+        assert!(
+            !should_write(Some(&flood), &quieter, t0 + s(25), min),
+            "a routine change waits for the interval"
         );
     }
 

@@ -33,14 +33,8 @@ fn print(snap: &kubetune_agent::Snapshot, output: Output, all: bool) -> anyhow::
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,kubetune_agent=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    kubetune_logging::init(cli.log.log_format, "warn,kubetune_agent=info");
     match cli.cmd {
         Cmd::Scan {
             common,
@@ -77,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             metrics,
             interval,
             min_write_interval,
+            no_overflow_events,
         } => {
             let sc = scanner(&common);
             let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
@@ -87,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                     metrics_addr: metrics,
                     interval,
                     min_write_interval,
+                    overflow_events: !no_overflow_events,
                 },
             ))?;
         }

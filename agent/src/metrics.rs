@@ -1,4 +1,5 @@
-//! Prometheus `/metrics` (prometheus-client), rendered from the latest snapshot at scrape time.
+//! Prometheus `/metrics` (prometheus-client), rendered from the latest snapshot at scrape time
+//! and served with warp (as the webhook and the operator serve theirs), next to `/healthz`.
 //!
 //! Names follow node_exporter/cAdvisor conventions:
 //! * `kubetune_listen_overflows_total` (counter): accept-queue overflows per listener.
@@ -10,11 +11,17 @@
 //! * `kubetune_netns_somaxconn` (gauge) and `kubetune_netns_listen_overflows_total` (counter,
 //!   `TcpExt ListenOverflows`) per network namespace.
 //! * `kubetune_agent_info{tier}` (gauge, 1).
+//! * `kubetune_agent_scan_duration_seconds` (gauge): wall time of the latest scan;
+//!   `kubetune_agent_scan_cpu_seconds_total` (counter): CPU time the scan thread spent scanning
+//!   (its `rate()` is the fraction of a core the scans cost, re-samples included);
+//!   `kubetune_agent_scans_total`.
+//! * `kubetune_agent_overflow_events_enabled` (gauge, 1 when the kernel's overflow events drive
+//!   re-samples, 0 when the agent only polls), `kubetune_agent_overflow_events_total` (events
+//!   received) and `kubetune_agent_event_rescans_total` (re-samples of a pod's netns they caused).
 //!
 //! Listener labels: `namespace`, `pod`, `container` (empty off-pod), `netns` (inode), `address`, `port`.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::collector::Collector;
@@ -23,6 +30,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use warp::Filter;
 
 use crate::scanner::Snapshot;
 
@@ -38,6 +46,12 @@ pub const METRIC_NAMES: &[&str] = &[
     "kubetune_listen_diagnosis",
     "kubetune_netns_somaxconn",
     "kubetune_netns_listen_overflows_total",
+    "kubetune_agent_scan_duration_seconds",
+    "kubetune_agent_scan_cpu_seconds_total",
+    "kubetune_agent_scans_total",
+    "kubetune_agent_overflow_events_enabled",
+    "kubetune_agent_overflow_events_total",
+    "kubetune_agent_event_rescans_total",
 ];
 
 /// Names of a pod (cluster mode).
@@ -58,6 +72,52 @@ pub struct MetricsState {
     pub snapshot: Option<Snapshot>,
     /// Pod uid → names.
     pub pods: HashMap<String, PodNames>,
+    /// What the scans cost so far.
+    pub scan_cost: ScanCost,
+    /// Event-driven detection (cluster mode).
+    pub detection: Detection,
+}
+
+/// Event-driven detection counters (cluster mode).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Detection {
+    /// Overflow events drive re-samples (false: polling only).
+    pub events_enabled: bool,
+    /// Overflow events received.
+    pub overflow_events: u64,
+    /// Re-samples of a netns they caused.
+    pub rescans: u64,
+}
+
+/// The cost of the agent's scans (cluster mode).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ScanCost {
+    /// Wall time of the latest scan (seconds).
+    pub last_seconds: f64,
+    /// CPU time of every scan so far (seconds, the scan thread's clock).
+    pub cpu_seconds_total: f64,
+    /// Scans so far.
+    pub scans_total: u64,
+}
+
+impl ScanCost {
+    /// Adds one scan.
+    pub fn record(&mut self, wall_seconds: f64, cpu_seconds: f64) {
+        self.last_seconds = wall_seconds;
+        self.cpu_seconds_total += cpu_seconds;
+        self.scans_total += 1;
+    }
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`), in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Shared handle the scan loop updates.
@@ -136,6 +196,8 @@ impl Collector for SnapshotCollector {
             "Agent observation tier (1).",
             &info,
         )?;
+        encode_scan_cost(&mut enc, &st.scan_cost)?;
+        encode_detection(&mut enc, &st.detection)?;
         counters(
             &mut enc,
             "kubetune_listen_overflows",
@@ -188,6 +250,49 @@ impl Collector for SnapshotCollector {
     }
 }
 
+fn encode_scan_cost(enc: &mut DescriptorEncoder, c: &ScanCost) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(
+        "kubetune_agent_scan_duration_seconds",
+        "Wall time of the latest scan.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(c.last_seconds).encode(m)?;
+    let m = enc.encode_descriptor(
+        "kubetune_agent_scan_cpu_seconds",
+        "CPU time spent scanning.",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(c.cpu_seconds_total).encode(m)?;
+    let m = enc.encode_descriptor("kubetune_agent_scans", "Scans.", None, MetricType::Counter)?;
+    ConstCounter::new(c.scans_total).encode(m)
+}
+
+fn encode_detection(enc: &mut DescriptorEncoder, d: &Detection) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(
+        "kubetune_agent_overflow_events_enabled",
+        "1 when the kernel's overflow events drive re-samples, 0 when the agent only polls.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(i64::from(d.events_enabled)).encode(m)?;
+    let m = enc.encode_descriptor(
+        "kubetune_agent_overflow_events",
+        "Overflow events received from the probe (at most one per listener per 100 ms).",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(d.overflow_events).encode(m)?;
+    let m = enc.encode_descriptor(
+        "kubetune_agent_event_rescans",
+        "Re-samples of a pod's netns caused by overflow events.",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(d.rescans).encode(m)
+}
+
 fn gauges(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -234,34 +339,44 @@ pub fn render(registry: &Registry) -> String {
     s
 }
 
-/// Serves `GET /metrics` on `addr` from a background thread (tiny HTTP/1.0 responder).
+/// Content type of the exposition.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics` (the registry rendered at request time) and `GET /healthz`.
+pub fn routes(
+    state: SharedState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+    let reg = Arc::new(registry(state));
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .map(move || warp::reply::with_header(render(&reg), "content-type", OPENMETRICS));
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| String::from("ok\n"));
+    metrics.or(health)
+}
+
+/// Binds `addr` (errors are returned here, not from the server task).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(l)
+}
+
+/// Serves [`routes`] on `listener` (warp over hyper) on the current Tokio runtime until it ends.
+pub fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: SharedState,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(warp::serve(routes(state)).incoming(listener).run())
+}
+
+/// [`bind`] `addr`, then [`serve_on`] it. Call from within a Tokio runtime.
 pub fn serve(
     addr: std::net::SocketAddr,
     state: SharedState,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    let reg = registry(state);
-    std::thread::Builder::new().name("kt-metrics".into()).spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let mut buf = [0u8; 2048];
-            let n = conn.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = if path.starts_with("/metrics") {
-                ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&reg))
-            } else if path.starts_with("/healthz") {
-                ("200 OK", "text/plain", "ok\n".to_string())
-            } else {
-                ("404 Not Found", "text/plain", "not found\n".to_string())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    })
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    Ok(serve_on(bind(addr)?, state))
 }
 
 #[cfg(test)]
@@ -334,6 +449,13 @@ mod tests {
         {
             let mut st = state.write().unwrap();
             st.snapshot = Some(snapshot());
+            st.scan_cost.record(0.25, 0.125);
+            st.scan_cost.record(0.5, 0.25);
+            st.detection = Detection {
+                events_enabled: true,
+                overflow_events: 7,
+                rescans: 3,
+            };
             st.pods.insert(
                 "uid-1".into(),
                 PodNames {
@@ -355,6 +477,12 @@ mod tests {
             r#"kubetune_netns_somaxconn{namespace="shop",pod="web-0",netns="4026532999"} 128"#.to_string(),
             r#"kubetune_netns_listen_overflows_total{namespace="shop",pod="web-0",netns="4026532999"} 42"#.to_string(),
             r#"kubetune_agent_info{tier="ebpf-tracepoint"} 1"#.to_string(),
+            "kubetune_agent_scan_duration_seconds 0.5".to_string(),
+            "kubetune_agent_scan_cpu_seconds_total 0.375".to_string(),
+            "kubetune_agent_scans_total 2".to_string(),
+            "kubetune_agent_overflow_events_enabled 1".to_string(),
+            "kubetune_agent_overflow_events_total 7".to_string(),
+            "kubetune_agent_event_rescans_total 3".to_string(),
             "# TYPE kubetune_listen_overflows counter".to_string(),
         ] {
             assert!(text.contains(&line), "missing {line}\n{text}");
@@ -365,6 +493,48 @@ mod tests {
                 "{name} not exported:\n{text}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_healthz_over_http() {
+        let state: SharedState = Default::default();
+        state.write().unwrap().snapshot = Some(snapshot());
+        let listener = bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = serve_on(listener, state);
+        let get = |path: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+        };
+        let metrics = get("/metrics").await.unwrap();
+        assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+        assert!(
+            metrics
+                .to_ascii_lowercase()
+                .contains(&format!("content-type: {OPENMETRICS}")),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"kubetune_agent_info{tier="ebpf-tracepoint"} 1"#),
+            "{metrics}"
+        );
+        let health = get("/healthz").await.unwrap();
+        assert!(
+            health.starts_with("HTTP/1.0 200") && health.ends_with("\r\n\r\nok\n"),
+            "{health}"
+        );
+        let other = get("/other").await.unwrap();
+        assert!(other.starts_with("HTTP/1.0 404"), "{other}");
+        // A second bind of the same address fails at bind, not in the server task.
+        let taken = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(bind(taken).is_err());
+        server.abort();
     }
 
     #[test]

@@ -147,25 +147,6 @@ pub struct Snapshot {
 }
 
 impl NetnsObservation {
-    /// Human label for the owner: pod uid, else process, else the `ip netns` name.
-    pub fn owner_label(&self) -> String {
-        if let Some(p) = &self.pod {
-            return format!("pod:{}", p.pod_uid);
-        }
-        let mut s = match &self.process {
-            Some(p) => format!("{}({})", p.comm, p.pid),
-            None => "-".into(),
-        };
-        if let Some(n) = &self.name {
-            s = if s == "-" {
-                format!("netns:{n}")
-            } else {
-                format!("{s} netns:{n}")
-            };
-        }
-        s
-    }
-
     /// Worst diagnosis over the listeners (by `Diagnosis`'s order; `Healthy` when none).
     pub fn diagnosis(&self) -> Diagnosis {
         self.listeners
@@ -350,11 +331,6 @@ impl Scanner {
         self.fallback_reason.as_deref()
     }
 
-    /// Window length.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Scans every network namespace once.
     pub fn scan(&mut self) -> Snapshot {
         let refs = netns::enumerate();
@@ -364,6 +340,23 @@ impl Scanner {
     /// Scans the given namespaces only (as found by [`netns::enumerate`]); histories of
     /// listeners outside them are dropped.
     pub fn scan_refs(&mut self, refs: Vec<NetnsRef>) -> Snapshot {
+        self.sample(refs, true)
+    }
+
+    /// Re-samples only the namespaces `ids` (e.g. after an overflow event) and returns a
+    /// snapshot of those that still exist; every other history and cache entry is kept.
+    pub fn rescan(&mut self, ids: &[NetnsId]) -> Snapshot {
+        let refs: Vec<NetnsRef> = netns::enumerate()
+            .into_iter()
+            .filter(|r| ids.iter().any(|id| id.inode == r.inode))
+            .collect();
+        let mut snap = self.sample(refs, false);
+        snap.netns.retain(|n| ids.contains(&n.id));
+        snap
+    }
+
+    /// One sample of `refs`; `full` when `refs` is every netns (then state of the others is dropped).
+    fn sample(&mut self, refs: Vec<NetnsRef>, full: bool) -> Snapshot {
         let now = Instant::now();
         let fresh: HashSet<(u64, u64)> = self
             .sysctl_cache
@@ -373,7 +366,9 @@ impl Scanner {
             .collect();
         let (mut raws, vanished, errors) = sweep(refs, fresh);
         let live: HashSet<(u64, u64)> = raws.iter().map(|r| (r.r.inode, r.cookie)).collect();
-        self.sysctl_cache.retain(|k, _| live.contains(k));
+        if full {
+            self.sysctl_cache.retain(|k, _| live.contains(k));
+        }
         for raw in &mut raws {
             let key = (raw.r.inode, raw.cookie);
             if let Some(read) = raw.sysctls.take() {
@@ -387,7 +382,9 @@ impl Scanner {
         for raw in raws {
             out.push(self.observe(raw, now, &bpf_listeners, &bpf_overflows, &mut seen));
         }
-        self.history.retain(|k, _| seen.contains(k));
+        if full {
+            self.history.retain(|k, _| seen.contains(k));
+        }
         crate::probe::release_heap();
         Snapshot {
             tier: self.tier(),
@@ -443,6 +440,7 @@ impl Scanner {
         (l, o)
     }
 
+    /// One netns's observation: who owns it, then each listener's (see [`Self::observe_listener`]).
     fn observe(
         &mut self,
         raw: RawNetns,
@@ -471,8 +469,6 @@ impl Scanner {
             pid: *p,
             comm: procfs::comm(*p).unwrap_or_default(),
         });
-        let probe_on = self.probe.is_some();
-        let fentry = self.tier() == Tier::EbpfFentry;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         for d in &raw.listeners {
             let key = ListenerKey {
@@ -482,109 +478,13 @@ impl Scanner {
                 port: d.port,
                 addr: d.addr_raw,
             };
-            let info = bpf_listeners.get(&key);
-            let counts = bpf_overflows.get(&key).copied().unwrap_or_default();
-            let drops = d.drops.map(u64::from);
-            let ebpf_total = counts.ack_phase + counts.syn_phase;
-            // sk_drops counts every listen drop (also backlog drops, TCP_DEFER_ACCEPT drops and
-            // some ACK-phase overflows twice), so cap it by the netns's exact ListenOverflows.
-            let syn_and_ack = match (drops, raw.counters) {
-                (Some(d), Some(c)) => d.min(c.listen_overflows),
-                (Some(d), None) => d,
-                (None, Some(_)) | (None, None) => 0,
-            };
-            let total = syn_and_ack.max(ebpf_total);
-            let effective = i64::from(d.max_backlog);
-            let queue = i64::from(d.queue);
-
             let lid = ListenerId {
                 netns: id,
                 inode: d.inode,
             };
             seen.insert(lid);
-            let h = self.history.entry(lid).or_insert_with(|| History {
-                first_seen: now,
-                samples: VecDeque::new(),
-            });
-            h.samples.push_back(Sample {
-                at: now,
-                queue,
-                near_full: near_full(queue, effective),
-                total,
-            });
-            let cutoff = now.checked_sub(self.window);
-            // Keep the samples inside the window plus the newest one before it (the baseline).
-            while h.samples.len() > 1 && cutoff.is_some_and(|c| h.samples[1].at <= c) {
-                h.samples.pop_front();
-            }
-            let in_window: Vec<&Sample> = h
-                .samples
-                .iter()
-                .filter(|s| cutoff.is_none_or(|c| s.at > c))
-                .collect();
-            let first_in_window = cutoff.is_none_or(|c| h.first_seen > c);
-            let baseline = if first_in_window {
-                0
-            } else {
-                h.samples.front().map(|s| s.total).unwrap_or(0)
-            };
-            let recent = total.saturating_sub(baseline);
-            let oldest = h.samples.front().copied();
-            let per_minute = oldest.and_then(|o| {
-                let dt = now.duration_since(o.at).as_secs_f64();
-                (h.samples.len() >= 2 && dt > 0.0)
-                    .then(|| (total.saturating_sub(o.total)) as f64 * 60.0 / dt)
-            });
-            let queue_max = in_window.iter().map(|s| s.queue).max().unwrap_or(queue);
-            let samples = in_window.len() as u32;
-            let near_full_samples = in_window.iter().filter(|s| s.near_full).count() as u32;
-
-            let requested = info.map(|i| i64::from(i.requested_backlog));
-            let (diagnosis, limited_by) = diagnose(&DiagnosisInput {
-                requested_backlog: requested,
-                effective_backlog: effective,
-                somaxconn: raw.somaxconn,
-                queue_max,
-                overflows_recent: recent,
-                samples,
-                near_full_samples,
-            });
-            let owner_pid = owners.get(&d.inode).copied().or(info.map(|i| i.pid));
-            let process = owner_pid.map(|pid| ProcessRef {
-                pid,
-                comm: procfs::comm(pid).unwrap_or_else(|| {
-                    info.map(|i| {
-                        String::from_utf8_lossy(&i.comm)
-                            .trim_end_matches('\0')
-                            .to_string()
-                    })
-                    .unwrap_or_default()
-                }),
-            });
-            let lpod = owner_pid
-                .and_then(procfs::cgroup)
-                .and_then(|c| parse_pod_cgroup(&c));
-            listeners.push(ListenerObservation {
-                address: d.addr,
-                port: d.port,
-                inode: d.inode,
-                requested_backlog: requested,
-                effective_backlog: effective,
-                somaxconn_at_listen: info.map(|i| i64::from(i.somaxconn)),
-                queue_now: queue,
-                queue_max,
-                overflows_total: total,
-                overflows_recent: recent,
-                overflows_per_minute: per_minute,
-                ebpf_ack_phase_overflows: probe_on.then_some(counts.ack_phase),
-                ebpf_syn_phase_overflows: fentry.then_some(counts.syn_phase),
-                sk_drops: drops,
-                limited_by,
-                diagnosis,
-                process,
-                pod: lpod,
-                samples,
-            });
+            let bpf = (bpf_listeners.get(&key), bpf_overflows.get(&key).copied());
+            listeners.push(self.observe_listener(lid, d, &raw, now, bpf, owners.get(&d.inode)));
         }
         listeners.sort_by_key(|l| (l.port, l.address));
         NetnsObservation {
@@ -600,6 +500,169 @@ impl Scanner {
             listeners,
         }
     }
+
+    /// One listener: overflow accounting ([`overflows_total`]), the sample into its history
+    /// ([`History::record`]), the diagnosis, and the owning process and pod.
+    fn observe_listener(
+        &mut self,
+        lid: ListenerId,
+        d: &DiagListener,
+        raw: &RawNetns,
+        now: Instant,
+        (info, counts): (Option<&ListenInfo>, Option<OverflowCounts>),
+        owner: Option<&u32>,
+    ) -> ListenerObservation {
+        let counts = counts.unwrap_or_default();
+        let drops = d.drops.map(u64::from);
+        let total = overflows_total(drops, raw.counters, counts);
+        let effective = i64::from(d.max_backlog);
+        let queue = i64::from(d.queue);
+        let w = self
+            .history
+            .entry(lid)
+            .or_insert_with(|| History::new(now))
+            .record(
+                Sample {
+                    at: now,
+                    queue,
+                    near_full: near_full(queue, effective),
+                    total,
+                },
+                self.window,
+            );
+        let requested = info.map(|i| i64::from(i.requested_backlog));
+        let (diagnosis, limited_by) = diagnose(&DiagnosisInput {
+            requested_backlog: requested,
+            effective_backlog: effective,
+            somaxconn: raw.somaxconn,
+            queue_max: w.queue_max,
+            overflows_recent: w.recent,
+            samples: w.samples,
+            near_full_samples: w.near_full_samples,
+        });
+        let (process, pod) = listener_owner(owner.copied(), info);
+        ListenerObservation {
+            address: d.addr,
+            port: d.port,
+            inode: d.inode,
+            requested_backlog: requested,
+            effective_backlog: effective,
+            somaxconn_at_listen: info.map(|i| i64::from(i.somaxconn)),
+            queue_now: queue,
+            queue_max: w.queue_max,
+            overflows_total: total,
+            overflows_recent: w.recent,
+            overflows_per_minute: w.per_minute,
+            ebpf_ack_phase_overflows: self.probe.is_some().then_some(counts.ack_phase),
+            ebpf_syn_phase_overflows: (self.tier() == Tier::EbpfFentry).then_some(counts.syn_phase),
+            sk_drops: drops,
+            limited_by,
+            diagnosis,
+            process,
+            pod,
+            samples: w.samples,
+        }
+    }
+}
+
+/// A listener's overflows (see [`ListenerObservation::overflows_total`]): the larger of the eBPF
+/// counters and `sk_drops` capped by the netns's `ListenOverflows`.
+fn overflows_total(
+    sk_drops: Option<u64>,
+    counters: Option<ListenCounters>,
+    ebpf: OverflowCounts,
+) -> u64 {
+    let ebpf_total = ebpf.ack_phase + ebpf.syn_phase;
+    // sk_drops counts every listen drop (also backlog drops, TCP_DEFER_ACCEPT drops and some
+    // ACK-phase overflows twice), so cap it by the netns's exact ListenOverflows.
+    let syn_and_ack = match (sk_drops, counters) {
+        (Some(d), Some(c)) => d.min(c.listen_overflows),
+        (Some(d), None) => d,
+        (None, Some(_)) | (None, None) => 0,
+    };
+    syn_and_ack.max(ebpf_total)
+}
+
+/// What a listener's window says after its newest sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct WindowStats {
+    /// Overflows in the window (everything so far while the listener is new to the window).
+    recent: u64,
+    /// Overflow rate from the oldest kept sample, when there are two samples or more.
+    per_minute: Option<f64>,
+    /// Highest queue length in the window.
+    queue_max: i64,
+    /// Samples in the window.
+    samples: u32,
+    /// Of those, samples with the queue near full.
+    near_full_samples: u32,
+}
+
+impl History {
+    fn new(first_seen: Instant) -> Self {
+        History {
+            first_seen,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Adds `sample` (taken now, at `sample.at`), keeps the samples inside `window` plus the
+    /// newest one before it (the baseline), and sums up the window.
+    fn record(&mut self, sample: Sample, window: Duration) -> WindowStats {
+        let (now, total, queue) = (sample.at, sample.total, sample.queue);
+        self.samples.push_back(sample);
+        let cutoff = now.checked_sub(window);
+        while self.samples.len() > 1 && cutoff.is_some_and(|c| self.samples[1].at <= c) {
+            self.samples.pop_front();
+        }
+        let in_window: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| cutoff.is_none_or(|c| s.at > c))
+            .collect();
+        let first_in_window = cutoff.is_none_or(|c| self.first_seen > c);
+        let baseline = if first_in_window {
+            0
+        } else {
+            self.samples.front().map(|s| s.total).unwrap_or(0)
+        };
+        let per_minute = self.samples.front().and_then(|o| {
+            let dt = now.duration_since(o.at).as_secs_f64();
+            (self.samples.len() >= 2 && dt > 0.0)
+                .then(|| (total.saturating_sub(o.total)) as f64 * 60.0 / dt)
+        });
+        WindowStats {
+            recent: total.saturating_sub(baseline),
+            per_minute,
+            queue_max: in_window.iter().map(|s| s.queue).max().unwrap_or(queue),
+            samples: in_window.len() as u32,
+            near_full_samples: in_window.iter().filter(|s| s.near_full).count() as u32,
+        }
+    }
+}
+
+/// The process owning a listener (from `/proc/*/fd`, else the pid that called `listen()`) and
+/// its pod, from its cgroup.
+fn listener_owner(
+    owner_pid: Option<u32>,
+    info: Option<&ListenInfo>,
+) -> (Option<ProcessRef>, Option<PodCgroup>) {
+    let owner_pid = owner_pid.or(info.map(|i| i.pid));
+    let process = owner_pid.map(|pid| ProcessRef {
+        pid,
+        comm: procfs::comm(pid).unwrap_or_else(|| {
+            info.map(|i| {
+                String::from_utf8_lossy(&i.comm)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .unwrap_or_default()
+        }),
+    });
+    let pod = owner_pid
+        .and_then(procfs::cgroup)
+        .and_then(|c| parse_pod_cgroup(&c));
+    (process, pod)
 }
 
 /// Visits every netns on one dedicated thread (setns per netns; the thread dies afterwards so
@@ -681,5 +744,100 @@ fn sweep(
             info!(error = %e, "cannot spawn sweep thread");
             (Vec::new(), 0, vec![format!("spawn sweep thread: {e}")])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_total_is_ebpf_or_sk_drops_capped_by_the_netns_counter() {
+        let c = |n| {
+            Some(ListenCounters {
+                listen_overflows: n,
+                listen_drops: n,
+            })
+        };
+        let ebpf = |ack, syn| OverflowCounts {
+            ack_phase: ack,
+            syn_phase: syn,
+        };
+        // sk_drops over-counts: capped by ListenOverflows.
+        assert_eq!(overflows_total(Some(50), c(42), ebpf(0, 0)), 42);
+        assert_eq!(overflows_total(Some(30), c(42), ebpf(0, 0)), 30);
+        // No netns counter: sk_drops as is; no sk_drops: nothing from sock_diag.
+        assert_eq!(overflows_total(Some(7), None, ebpf(0, 0)), 7);
+        assert_eq!(overflows_total(None, c(42), ebpf(0, 0)), 0);
+        assert_eq!(overflows_total(None, None, ebpf(0, 0)), 0);
+        // The eBPF phases add up and win when larger.
+        assert_eq!(overflows_total(Some(50), c(42), ebpf(40, 5)), 45);
+        assert_eq!(overflows_total(None, None, ebpf(3, 0)), 3);
+    }
+
+    fn sample(at: Instant, queue: i64, near_full: bool, total: u64) -> Sample {
+        Sample {
+            at,
+            queue,
+            near_full,
+            total,
+        }
+    }
+
+    #[test]
+    fn window_counts_everything_as_recent_on_first_sight_then_growth_over_the_window() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let window = Duration::from_secs(60);
+        let mut h = History::new(at(0));
+        // First sight: everything so far is recent; one sample, no rate.
+        let w = h.record(sample(at(0), 129, true, 100), window);
+        assert_eq!(
+            w,
+            WindowStats {
+                recent: 100,
+                per_minute: None,
+                queue_max: 129,
+                samples: 1,
+                near_full_samples: 1
+            }
+        );
+        let w = h.record(sample(at(30), 10, false, 130), window);
+        assert_eq!(
+            (w.recent, w.samples, w.queue_max, w.near_full_samples),
+            (130, 2, 129, 1)
+        );
+        assert_eq!(w.per_minute, Some(60.0));
+        // 90 s, window (30, 90]: the 30 s sample is the newest at or before the cutoff, the
+        // baseline; the 0 s one goes. Recent = growth since the baseline.
+        let w = h.record(sample(at(90), 5, false, 160), window);
+        assert_eq!(h.samples.len(), 2);
+        assert_eq!(h.samples.front().unwrap().at, at(30));
+        assert_eq!(
+            (w.recent, w.samples, w.queue_max, w.near_full_samples),
+            (30, 1, 5, 0)
+        );
+        assert_eq!(w.per_minute, Some(30.0));
+        // 100 s, window (40, 100]: the baseline stays the 30 s sample.
+        let w = h.record(sample(at(100), 7, true, 160), window);
+        assert_eq!(h.samples.len(), 3);
+        assert_eq!(h.samples.front().unwrap().at, at(30));
+        assert_eq!(
+            (w.recent, w.samples, w.queue_max, w.near_full_samples),
+            (30, 2, 7, 1)
+        );
+        assert_eq!(w.per_minute, Some(30.0 * 60.0 / 70.0));
+    }
+
+    #[test]
+    fn counters_that_go_backwards_count_nothing() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut h = History::new(t0);
+        h.record(sample(t0, 0, false, 50), window);
+        h.record(sample(t0 + Duration::from_secs(20), 0, false, 60), window);
+        let w = h.record(sample(t0 + Duration::from_secs(25), 0, false, 40), window);
+        assert_eq!(w.recent, 0);
+        assert_eq!(w.per_minute, Some(0.0));
     }
 }

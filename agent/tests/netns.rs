@@ -2,26 +2,23 @@
 //! eBPF programs. Each test creates its own `kt-test-<pid>-...` namespaces and checks what the
 //! agent reports against `ss`/`nstat` run inside the same namespace.
 //!
-//! Without root every test prints a message and returns. As root, the eBPF tests fail when the
+//! Without root every test prints a message naming it and returns (fails with
+//! `KUBETUNE_REQUIRE_ROOT=1`, as in CI; rule in `kubetune_test_support::test_env`). As root, the eBPF tests fail when the
 //! probe cannot load, unless `KUBETUNE_SKIP_EBPF_TESTS=1`.
 
 use std::time::Duration;
 
 use kubetune_agent::diagnose::GENEROUS_BACKLOG;
-use kubetune_agent::netns::{self, AcceptMode, ListenerSpec, NamedNetns, NetnsId};
 use kubetune_agent::probe::{Probe, Tier};
 use kubetune_agent::scanner::{
     EbpfMode, ListenerObservation, NetnsObservation, Scanner, ScannerConfig,
 };
 use kubetune_crds::report::{Diagnosis, LimitedBy};
+use kubetune_test_support::netns::{self, AcceptMode, ListenerSpec, NamedNetns, NetnsId};
 
 macro_rules! require_root {
     () => {
-        if !netns::is_root() {
-            eprintln!(
-                "skipping {}: needs root (network namespaces)",
-                module_path!()
-            );
+        if !kubetune_test_support::test_env::require_root("network namespaces") {
             return;
         }
     };
@@ -516,4 +513,64 @@ fn scan_cli_json_once() {
         "{t}"
     );
     assert!(t.contains(&format!("127.0.0.1:{}", lst.port())), "{t}");
+}
+
+/// Overflow events: a final-ACK-phase overflow burst sends `EVENT_OVERFLOW` records naming the
+/// listener through the ring buffer, rate-limited in the kernel (fewer events than overflows),
+/// and `Scanner::rescan` re-samples just that netns.
+#[test]
+fn ebpf_tier_overflow_events_are_rate_limited_and_rescan_one_netns() {
+    require_root!();
+    let Some(mut sc) = ebpf_scanner() else { return };
+    let mut ring = sc
+        .probe_mut()
+        .unwrap()
+        .take_events()
+        .expect("the probe has a ring buffer");
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("evt"), 4096).unwrap();
+    let backlog = 16usize;
+    let lst = ns
+        .spawn_listener(ListenerSpec {
+            defer_accept_secs: Some(5),
+            ..ListenerSpec::never_accepting(backlog as i32)
+        })
+        .unwrap();
+    let first = ns
+        .burst(lst.port(), backlog, Duration::from_millis(200))
+        .unwrap();
+    first.send_byte_each();
+    std::thread::sleep(Duration::from_millis(200));
+    let second = ns
+        .burst(lst.port(), backlog, Duration::from_millis(200))
+        .unwrap();
+    second.send_byte_each();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let id = NetnsId {
+        inode: ns.inode().unwrap(),
+        cookie: ns.cookie().unwrap(),
+    };
+    let mut events = 0usize;
+    while let Some(item) = ring.next() {
+        if let Some(ev) = kubetune_agent::probe::decode_event(&item) {
+            if ev.kind == kubetune_probe_common::EVENT_OVERFLOW
+                && ev.info.key.netns_cookie == id.cookie
+                && ev.info.key.port == lst.port()
+            {
+                events += 1;
+            }
+        }
+    }
+    let snap = sc.rescan(&[id]);
+    assert_eq!(snap.netns.len(), 1, "only the named netns is re-sampled");
+    let ack = listener(&snap.netns[0], lst.port())
+        .ebpf_ack_phase_overflows
+        .expect("eBPF tier");
+    eprintln!("{ack} final-ACK-phase overflows, {events} overflow events");
+    assert!(ack >= 2, "the burst overflowed several times: {ack}");
+    assert!(events >= 1, "an overflow event for the listener");
+    assert!(
+        (events as u64) < ack,
+        "rate-limited: {events} events for {ack} overflows"
+    );
 }

@@ -2,6 +2,8 @@
 //! operator reads it to compute TuningPolicy status, and a user reads it with
 //! `kubectl get pod -o yaml` to understand what was injected, what was refused and why.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::policy::DeliveryDecision;
@@ -49,9 +51,10 @@ pub struct DecisionEntry {
     /// How it is (or would be) delivered; absent when refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryDecision>,
-    /// Machine-readable reason, e.g. `SafeSysctl`, `AllowedUnsafeSysctl`, `RefusedUnsafeSysctl`,
-    /// `RefusedHostNetwork`, `RefusedByPodSecurity`, `RefusedNodeLevel`, `InvalidValue`,
-    /// `PodValueKept`, `OverriddenByPolicy`.
+    /// Machine-readable reason (one of [`crate::reason`]), e.g. `SafeSysctl`,
+    /// `AllowedUnsafeSysctl`, `RefusedUnsafeSysctl`, `RefusedHostNamespace`,
+    /// `RefusedByPodSecurity`, `RefusedNodeLevel`, `InvalidValue`, `PodValueKept`,
+    /// `OverriddenByPolicy`.
     pub reason: String,
     /// Human explanation.
     pub message: String,
@@ -103,7 +106,20 @@ impl PodDecision {
     ) -> impl Iterator<Item = &'a DecisionEntry> + 'a {
         self.entries.iter().filter(move |e| e.policy == policy)
     }
-    /// One-line human summary, e.g. `injected net.core.somaxconn=8192 (securityContext); refused 1`.
+    /// Sysctls (name -> value) this record says kubetune injected into the pod's
+    /// `securityContext.sysctls` (not those delivered by tuning CNI).
+    pub fn injected_into_security_context(&self) -> BTreeMap<String, String> {
+        self.entries
+            .iter()
+            .filter(|e| {
+                e.outcome == Outcome::Injected
+                    && e.delivery == Some(DeliveryDecision::PodSecurityContext)
+            })
+            .map(|e| (e.sysctl.clone(), e.value.clone()))
+            .collect()
+    }
+    /// One-line human summary, e.g.
+    /// `injected net.core.somaxconn=8192; not injected net.ipv4.tcp_rmem (RefusedUnsafeSysctl)`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         for (outcome, word) in [

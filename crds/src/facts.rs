@@ -19,9 +19,11 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Delivery, DeliveryDecision};
+use crate::reason;
 use crate::sysctl::{self, KubeVersion, PodSecurityLevel, Scope, SysctlError};
 
 /// Name of the ConfigMap holding the facts.
@@ -46,14 +48,9 @@ pub struct NodeGroup {
 impl NodeGroup {
     /// Does this group's kubelet allow `name`?
     pub fn allows(&self, name: &str) -> bool {
-        let n = sysctl::normalize_name(name);
-        self.allowed_unsafe_sysctls.iter().any(|p| {
-            let p = sysctl::normalize_name(p);
-            match p.strip_suffix('*') {
-                Some(prefix) => n.starts_with(prefix),
-                None => p == n,
-            }
-        })
+        self.allowed_unsafe_sysctls
+            .iter()
+            .any(|p| crate::node::pattern_matches(p, name))
     }
     /// Could a pod with `node_selector` be scheduled onto this group? (No label contradicts.)
     pub fn may_host(&self, pod_node_selector: &BTreeMap<String, String>) -> bool {
@@ -111,6 +108,9 @@ mod version_str {
 /// Errors reading the facts document.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
+    /// The ConfigMap or its key is missing.
+    #[error("{FACTS_CONFIGMAP}/{FACTS_KEY} missing")]
+    Missing,
     /// Not YAML of the expected shape.
     #[error("{FACTS_CONFIGMAP}/{FACTS_KEY} is invalid: {0}")]
     Invalid(#[from] serde_yaml::Error),
@@ -120,6 +120,17 @@ impl ClusterFacts {
     /// Parse the `facts.yaml` document.
     pub fn from_yaml(s: &str) -> Result<Self, FactsError> {
         Ok(serde_yaml::from_str(s)?)
+    }
+
+    /// The facts of the [`FACTS_CONFIGMAP`] ConfigMap (`None`: it does not exist). On error
+    /// every component falls back to `ClusterFacts::default()` (no unsafe sysctls, no tuning
+    /// CNI) — refusing rather than guessing.
+    pub fn from_configmap(cm: Option<&ConfigMap>) -> Result<Self, FactsError> {
+        let doc = cm
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get(FACTS_KEY))
+            .ok_or(FactsError::Missing)?;
+        Self::from_yaml(doc)
     }
 
     /// Would every node a pod with `pod_node_selector` may run on allow the unsafe sysctl `name`?
@@ -222,15 +233,15 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Sysctl(e) => e.reason(),
-            Refusal::HostNamespace { .. } => "RefusedHostNamespace",
-            Refusal::PodSecurity { .. } => "RefusedByPodSecurity",
-            Refusal::UnsafeNotAllowed { .. } => "RefusedUnsafeSysctl",
-            Refusal::TuningCniUnavailable { .. } => "TuningCNIUnavailable",
+            Refusal::HostNamespace { .. } => reason::REFUSED_HOST_NAMESPACE,
+            Refusal::PodSecurity { .. } => reason::REFUSED_BY_POD_SECURITY,
+            Refusal::UnsafeNotAllowed { .. } => reason::REFUSED_UNSAFE_SYSCTL,
+            Refusal::TuningCniUnavailable { .. } => reason::TUNING_CNI_UNAVAILABLE,
         }
     }
 }
 
-/// Decide how (or whether) one sysctl reaches one pod. Pure; the rules of DESIGN.md:
+/// Decide how (or whether) one sysctl reaches one pod. Pure; the rules (README, "Cluster facts"):
 /// node-level/unknown/bad values refused; `net.*` refused for hostNetwork pods (IPC sysctls for
 /// hostIPC); non-safe sysctls refused in PodSecurity baseline/restricted namespaces (whatever the
 /// delivery — tuning CNI must not become a way around the namespace's policy); unsafe sysctls
@@ -269,7 +280,7 @@ pub fn decide(
         match (&facts.tuning_cni, info.tuning_cni_capable()) {
             (Some(c), true) => Ok(Delivered {
                 how: DeliveryDecision::TuningCni,
-                reason: "TuningCNI",
+                reason: reason::TUNING_CNI,
                 message: format!(
                     "set by the tuning CNI plugin through network {}",
                     c.network_name
@@ -285,7 +296,7 @@ pub fn decide(
     if safe {
         return Ok(Delivered {
             how: DeliveryDecision::PodSecurityContext,
-            reason: "SafeSysctl",
+            reason: reason::SAFE_SYSCTL,
             message: format!("safe sysctl in Kubernetes {}", facts.kubernetes_version),
         });
     }
@@ -294,7 +305,7 @@ pub fn decide(
         if groups.is_empty() {
             return Ok(Delivered {
                 how: DeliveryDecision::PodSecurityContext,
-                reason: "AllowedUnsafeSysctl",
+                reason: reason::ALLOWED_UNSAFE_SYSCTL,
                 message: "every node the pod may run on lists it in allowedUnsafeSysctls".into(),
             });
         }

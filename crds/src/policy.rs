@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::reason;
 use crate::sysctl::Preset;
 
 /// Field manager the operator uses for server-side apply of `TuningPolicy.status`.
@@ -56,6 +57,24 @@ pub enum Mode {
     DryRun,
 }
 
+/// Whether the operator restarts the workloads of running pods that predate the policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
+pub enum RestartPods {
+    /// Never restart anything: running pods that predate the policy (or its current generation)
+    /// are only reported as needing a restart.
+    #[default]
+    Never,
+    /// Restart the Deployments, StatefulSets and DaemonSets owning matched pods that need a
+    /// restart, the way `kubectl rollout restart` does (a pod-template annotation), so each
+    /// workload's own strategy, maxUnavailable/maxSurge and PodDisruptionBudgets pace it. At most
+    /// once per workload and policy generation, a cluster-wide number of rollouts at a time
+    /// (operator flag `--max-concurrent-rollouts`), never for DryRun or not accepted policies or
+    /// refused sysctls; a stalled rollout stops further restarts for the policy. Bare pods and
+    /// pods of Jobs or unknown owners are never deleted: they are named as needing a manual
+    /// restart.
+    Rollout,
+}
+
 /// Desired sysctls for the pods selected by `podSelector` in the policy's namespace.
 ///
 /// Sysctls are applied when a pod's sandbox is created: pods that already run when a policy is
@@ -101,6 +120,16 @@ pub struct TuningPolicySpec {
     /// `Enforce` (default) injects; `DryRun` only annotates pods with what would be injected.
     #[serde(default)]
     pub mode: Mode,
+    /// What to do about running pods that predate the policy (or its current generation) and so
+    /// lack its sysctls. `Never` (default): only report them (Applied=False, PodsNeedRestart).
+    /// `Rollout`: restart the Deployments, StatefulSets and DaemonSets that own them the way
+    /// `kubectl rollout restart` does (a pod-template annotation), paced by each workload's own
+    /// strategy and PodDisruptionBudgets; at most once per workload and policy generation,
+    /// a cluster-wide number of rollouts at a time, never for DryRun or not accepted policies or
+    /// refused sysctls; a stalled rollout stops further restarts for the policy. Bare pods and
+    /// pods of Jobs or other owners are never deleted, only named in `status.rollout`.
+    #[serde(default)]
+    pub restart_pods: RestartPods,
     /// When several policies set the same sysctl on a pod, the highest priority wins; equal
     /// priorities are broken by policy name (alphabetically first wins). Default 0.
     #[serde(default)]
@@ -163,6 +192,108 @@ fn is_zero(v: &i32) -> bool {
     *v == 0
 }
 
+/// Pod-template annotation of a workload the operator restarted: the policies the restart was
+/// made for, `name@generation` comma-separated in name order (one restart serves every policy
+/// that selects the workload). Read back, it makes restarts idempotent across operator restarts.
+pub const RESTARTED_FOR_ANNOTATION: &str = "kubetune.dev/restarted-for";
+/// Pod-template annotation of a workload the operator restarted: when (RFC 3339), like
+/// `kubectl.kubernetes.io/restartedAt` of `kubectl rollout restart`.
+pub const RESTARTED_AT_ANNOTATION: &str = "kubetune.dev/restartedAt";
+
+/// What `spec.restartPods: Rollout` did for the policy's current generation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Workloads whose pod template records a restart for this generation (rolling out or done).
+    #[serde(default)]
+    pub restarted: i32,
+    /// Workloads waiting to be restarted: for the cluster-wide rollout cap, for a rollout already
+    /// in progress, or for the restart another policy selecting them makes.
+    #[serde(default)]
+    pub pending: i32,
+    /// Workloads and bare pods not restarted (see `workloads` for why).
+    #[serde(default)]
+    pub skipped: i32,
+    /// Per workload (up to 50: stalled and skipped first, then pending, then restarted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRollout>,
+}
+
+/// One workload (or bare pod / Job) of a `restartPods: Rollout` policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRollout {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`; for what needs a manual restart `Pod` (no
+    /// owner), `Job`, or the owner's kind.
+    pub kind: String,
+    /// Name (same namespace as the policy).
+    pub name: String,
+    /// `Restarted`, `Pending` or `Skipped`.
+    pub state: WorkloadRolloutState,
+    /// Machine-readable reason (CamelCase), e.g. `RollingOut`, `ConcurrencyCap`, `BarePod`.
+    pub reason: String,
+    /// Matched pods of this workload that still need a restart.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pods_needing_restart: i32,
+}
+
+/// State of one workload of a `restartPods: Rollout` policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum WorkloadRolloutState {
+    /// Its pod template records a restart for the policy's current generation.
+    Restarted,
+    /// Waiting for its turn.
+    Pending,
+    /// Not restarted by the operator.
+    Skipped,
+}
+
+/// Reasons of the `RolledOut` condition and of [`WorkloadRollout::reason`].
+pub mod rollout_reason {
+    /// RolledOut=False: workloads are being (or waiting to be) restarted.
+    pub const RESTARTING_WORKLOADS: &str = "RestartingWorkloads";
+    /// RolledOut=False: a rollout made for this generation stalled; no further restarts.
+    pub const ROLLOUT_STALLED: &str = "RolloutStalled";
+    /// RolledOut=False: matched pods need a restart the operator does not make.
+    pub const MANUAL_RESTART_NEEDED: &str = "ManualRestartNeeded";
+    /// RolledOut=True: no matched pod needs a restart the operator could make.
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    /// RolledOut=False: DryRun policies restart nothing.
+    pub const DRY_RUN: &str = "DryRun";
+    /// RolledOut=False: the policy is not accepted.
+    pub const NOT_ACCEPTED: &str = "NotAccepted";
+    /// RolledOut=False: some of the policy's sysctls are refused; nothing is restarted for it.
+    pub const SYSCTLS_REFUSED: &str = "SysctlsRefused";
+    /// RolledOut=False: pods of the policy were rejected by a kubelet with `SysctlForbidden`.
+    pub const SYSCTL_FORBIDDEN: &str = "SysctlForbidden";
+    /// Workload: restarted for this generation, rollout in progress.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// Workload: restarted for this generation, rollout complete.
+    pub const ROLLED_OUT: &str = "RolledOut";
+    /// Workload: waiting for the cluster-wide cap on concurrent rollouts.
+    pub const CONCURRENCY_CAP: &str = "ConcurrencyCap";
+    /// Workload: another rollout of it is in progress; restarted after it completes if needed.
+    pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
+    /// Workload: another policy selecting it (first by name) makes the one restart for both.
+    pub const RESTART_BY_OTHER_POLICY: &str = "RestartByOtherPolicy";
+    /// Skipped: a pod without a controller; never deleted.
+    pub const BARE_POD: &str = "BarePod";
+    /// Skipped: a pod of a Job (or CronJob); never deleted.
+    pub const JOB_POD: &str = "JobPod";
+    /// Skipped: a pod whose controller is not a Deployment, StatefulSet or DaemonSet.
+    pub const UNKNOWN_OWNER: &str = "UnknownOwner";
+    /// Skipped: the pod's owner (ReplicaSet, or its Deployment) was not found.
+    pub const OWNER_NOT_FOUND: &str = "OwnerNotFound";
+    /// Skipped: the Deployment is paused (`kubectl rollout resume` first).
+    pub const DEPLOYMENT_PAUSED: &str = "DeploymentPaused";
+    /// Skipped: `updateStrategy: OnDelete` does not replace pods on a template change.
+    pub const ON_DELETE_STRATEGY: &str = "OnDeleteStrategy";
+    /// Skipped: already restarted for this generation, yet pods still lack the sysctls.
+    pub const ALREADY_RESTARTED: &str = "AlreadyRestarted";
+    /// Skipped: the workload's own rollout stalled (not one the operator made).
+    pub const WORKLOAD_STALLED: &str = "WorkloadStalled";
+}
+
 /// Observed state of a TuningPolicy, computed by the operator from pods, their admission
 /// annotations and the node agents' ListenerReports.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
@@ -171,14 +302,16 @@ pub struct TuningPolicyStatus {
     /// The `metadata.generation` this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// One-word state for `kubectl get`: `Invalid`, `NoMatchingPods`, `Pending`, `PodsNeedRestart`,
-    /// `NotObservedYet`, `StillOverflowing`, `NotSysctlBound`, `Verified`, `DryRun`.
+    /// One-word state for `kubectl get`: `Invalid`, `Refused`, `DryRun`,
+    /// `NoMatchingPods`, `NotSysctlBound`, `StillOverflowing`, `PodsNeedRestart`,
+    /// `NotObservedYet`, `Pending`, `Verified`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Short rendering of the desired sysctls, e.g. `net.core.somaxconn=8192 (+1)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
-    /// Running pods the selector matches.
+    /// Running or pending pods (not terminating, not opted out with `kubetune.dev/skip`) the
+    /// selector matches.
     #[serde(default)]
     pub matched_pods: i32,
     /// Matched pods whose admission annotation shows this policy's sysctls injected (at the
@@ -196,11 +329,19 @@ pub struct TuningPolicyStatus {
     /// recreated to get the sysctls.
     #[serde(default)]
     pub needs_restart_pods: i32,
+    /// Pods of this policy that a kubelet rejected with `SysctlForbidden` (phase `Failed`, still
+    /// present): their nodes' kubelets do not allow an injected unsafe sysctl. Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forbidden_pods: i32,
     /// Per-sysctl delivery decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<SysctlDeliveryStatus>,
+    /// What `spec.restartPods: Rollout` did (absent for `Never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// `Accepted` (valid and deliverable), `Applied` (every matched pod carries the sysctls),
-    /// `Verified` (observed in the pods' netns and overflows stopped or none seen).
+    /// `Verified` (observed in the pods' netns and overflows stopped or none seen), and for
+    /// `restartPods: Rollout` `RolledOut` (no matched pod needs a restart the operator could make).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -213,6 +354,34 @@ pub mod condition {
     /// Every matched pod carries the policy's sysctls.
     pub const APPLIED: &str = "Applied";
     /// The sysctls were observed in the pods' netns and overflows stopped (or none were seen).
+    pub const VERIFIED: &str = "Verified";
+    /// `restartPods: Rollout` only: no matched pod needs a restart the operator could make.
+    pub const ROLLED_OUT: &str = "RolledOut";
+}
+
+/// Values of `status.phase` (the STATUS column), in the order the operator decides them.
+pub mod phase {
+    /// The spec is invalid.
+    pub const INVALID: &str = "Invalid";
+    /// Valid, but nothing can be delivered (all sysctls refused, or tuning CNI unavailable).
+    pub const REFUSED: &str = "Refused";
+    /// DryRun policy.
+    pub const DRY_RUN: &str = "DryRun";
+    /// No matched pods.
+    pub const NO_MATCHING_PODS: &str = "NoMatchingPods";
+    /// Applied pods are application-backlog bound or slow to accept: a sysctl is not the fix.
+    pub const NOT_SYSCTL_BOUND: &str = "NotSysctlBound";
+    /// Applied pods still overflow.
+    pub const STILL_OVERFLOWING: &str = "StillOverflowing";
+    /// A kubelet rejected pods of the policy with `SysctlForbidden`.
+    pub const SYSCTL_FORBIDDEN: &str = "SysctlForbidden";
+    /// Matched pods must be recreated.
+    pub const PODS_NEED_RESTART: &str = "PodsNeedRestart";
+    /// Waiting for the agent's observation or the verification window.
+    pub const NOT_OBSERVED_YET: &str = "NotObservedYet";
+    /// Matched pods were admitted without the sysctls (per-pod refusals).
+    pub const PENDING: &str = "Pending";
+    /// Verified.
     pub const VERIFIED: &str = "Verified";
 }
 
@@ -268,10 +437,10 @@ impl SpecError {
     /// Machine-readable reason for conditions.
     pub fn reason(&self) -> &'static str {
         match self {
-            SpecError::SysctlsXorPreset | SpecError::EmptySysctls => "InvalidSpec",
+            SpecError::SysctlsXorPreset | SpecError::EmptySysctls => reason::INVALID_SPEC,
             SpecError::Sysctl { error, .. } => error.reason(),
-            SpecError::NotCniDeliverable(_) => "NotCniDeliverable",
-            SpecError::Selector(_) => "InvalidSelector",
+            SpecError::NotCniDeliverable(_) => reason::NOT_CNI_DELIVERABLE,
+            SpecError::Selector(_) => reason::INVALID_SELECTOR,
         }
     }
 }
@@ -301,33 +470,10 @@ pub fn validate_spec(spec: &TuningPolicySpec) -> Vec<SpecError> {
             }
         }
     }
-    if let Some(exprs) = &spec.pod_selector.match_expressions {
-        for e in exprs {
-            let needs_values = matches!(e.operator.as_str(), "In" | "NotIn");
-            let has_values = e.values.as_ref().is_some_and(|v| !v.is_empty());
-            match e.operator.as_str() {
-                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-                op => errs.push(SpecError::Selector(format!(
-                    "unknown operator {op:?} for key {:?}",
-                    e.key
-                ))),
-            }
-            if needs_values && !has_values {
-                errs.push(SpecError::Selector(format!(
-                    "operator {} for key {:?} needs values",
-                    e.operator, e.key
-                )));
-            }
-            if !needs_values
-                && has_values
-                && matches!(e.operator.as_str(), "Exists" | "DoesNotExist")
-            {
-                errs.push(SpecError::Selector(format!(
-                    "operator {} for key {:?} takes no values",
-                    e.operator, e.key
-                )));
-            }
-        }
-    }
+    errs.extend(
+        crate::matching::selector_problems(&spec.pod_selector)
+            .into_iter()
+            .map(SpecError::Selector),
+    );
     errs
 }

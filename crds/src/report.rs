@@ -42,10 +42,6 @@ pub enum Diagnosis {
 }
 
 impl Diagnosis {
-    /// True when the diagnosis is one a sysctl can fix.
-    pub fn sysctl_fixable(self) -> bool {
-        matches!(self, Diagnosis::SomaxconnBound)
-    }
     /// True when the listener is overflowing or stuck (anything but `Healthy`).
     pub fn is_problem(self) -> bool {
         !matches!(self, Diagnosis::Healthy)
@@ -128,8 +124,9 @@ pub struct ListenerReportSpec {
     /// `net.core.somaxconn` read inside the pod's network namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub somaxconn: Option<i64>,
-    /// Other sysctls read inside the pod's network namespace: every sysctl a TuningPolicy
-    /// selecting this pod asks for (name -> value as the kernel prints it, whitespace collapsed).
+    /// Other sysctls read inside the pod's network namespace: every per-netns (`net.*`) sysctl
+    /// of kubetune's table except `net.core.somaxconn`, which this kernel has (name -> value as
+    /// the kernel prints it, whitespace collapsed).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sysctls: std::collections::BTreeMap<String, String>,
     /// Number of TCP listening sockets in the pod's network namespace.

@@ -5,13 +5,14 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::{policy::TuningPolicy, report::ListenerReport};
+use crate::{node::NodeTuning, policy::TuningPolicy, report::ListenerReport};
 
 /// Every CRD kubetune ships, with the file name it is written to under `config/crd/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("tuningpolicies.kubetune.dev.yaml", TuningPolicy::crd()),
         ("listenerreports.kubetune.dev.yaml", ListenerReport::crd()),
+        ("nodetunings.kubetune.dev.yaml", NodeTuning::crd()),
     ]
 }
 

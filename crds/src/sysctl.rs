@@ -7,6 +7,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::reason;
+
 /// Which kernel namespace a sysctl lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -81,8 +83,9 @@ pub enum PodSecurityLevel {
 }
 
 impl PodSecurityLevel {
-    /// Parse the label value; unknown values are treated like `restricted` by the apiserver? No:
-    /// the apiserver rejects invalid labels, so anything unknown here is reported as an error.
+    /// Parse the label value (`privileged`, `baseline`, `restricted`; surrounding whitespace
+    /// ignored). Anything else is an error; [`crate::podsec::enforced`] then assumes
+    /// `restricted`.
     pub fn parse(s: &str) -> Result<Self, SysctlError> {
         match s.trim() {
             "privileged" => Ok(Self::Privileged),
@@ -503,11 +506,11 @@ impl SysctlError {
     /// Stable machine-readable reason, used in statuses and annotations.
     pub fn reason(&self) -> &'static str {
         match self {
-            SysctlError::NodeLevel { .. } => "RefusedNodeLevel",
-            SysctlError::Unknown(_) => "UnknownSysctl",
-            SysctlError::InvalidValue { .. } => "InvalidValue",
-            SysctlError::BadVersion(_) => "BadVersion",
-            SysctlError::BadPodSecurityLevel(_) => "BadPodSecurityLevel",
+            SysctlError::NodeLevel { .. } => reason::REFUSED_NODE_LEVEL,
+            SysctlError::Unknown(_) => reason::UNKNOWN_SYSCTL,
+            SysctlError::InvalidValue { .. } => reason::INVALID_VALUE,
+            SysctlError::BadVersion(_) => reason::BAD_VERSION,
+            SysctlError::BadPodSecurityLevel(_) => reason::BAD_POD_SECURITY_LEVEL,
         }
     }
 }

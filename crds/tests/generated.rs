@@ -34,11 +34,14 @@ fn every_generated_schema_is_structural() {
             .unwrap();
             let bad = structural_violations(&schema);
             assert!(bad.is_empty(), "{file} {}: {bad:#?}", v.name);
-            assert!(
+            // A kind with a status must serve it as a subresource (so writers of the spec and
+            // of the status cannot overwrite each other).
+            assert_eq!(
                 v.subresources
                     .as_ref()
                     .and_then(|s| s.status.as_ref())
                     .is_some(),
+                schema["properties"].get("status").is_some(),
                 "{file}: status subresource"
             );
         }
@@ -240,4 +243,32 @@ fn every_field_is_documented_for_kubectl_explain() {
             "{file}: undocumented fields {missing:?}"
         );
     }
+}
+
+#[test]
+fn nodetuning_is_cluster_scoped_with_the_node_columns() {
+    let (_, crd) = crds()
+        .into_iter()
+        .find(|(f, _)| f.starts_with("nodetunings"))
+        .unwrap();
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.plural, "nodetunings");
+    let names: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|c| c.priority.unwrap_or(0) == 0)
+        .map(|c| c.name.to_uppercase())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "KUBELET",
+            "UNSAFE-ALLOWED",
+            "NETNS-SOMAXCONN",
+            "TUNING-CNI",
+            "AGE"
+        ]
+    );
 }

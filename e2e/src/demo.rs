@@ -286,123 +286,36 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
         return Err(DemoError::NotRoot);
     }
     writeln!(w, "== 1. kubetune-agent starts on the node ==")?;
-    let mut scanner = Scanner::new(ScannerConfig {
-        ebpf: cfg.ebpf,
-        ..Default::default()
-    });
-    let tier = scanner.tier().as_str().to_string();
-    match scanner.fallback_reason() {
-        None => writeln!(
-            w,
-            "  observation tier: {tier} (eBPF programs loaded into this kernel)"
-        )?,
-        Some(why) => writeln!(w, "  observation tier: {tier} (fallback: {why})")?,
-    }
-    let node = NodeConfig {
-        kubernetes_version: KubeVersion::new(1, 31),
-        default_sysctls: BTreeMap::from([(
-            "net.core.somaxconn".to_string(),
-            cfg.node_somaxconn.to_string(),
-        )]),
-        allowed_unsafe_sysctls: vec!["net.core.somaxconn".into()],
-        tuning_network: None,
-    };
-    let kubelet = FakeKubelet::new(node, cfg.prefix.clone(), cfg.listener_exe.clone());
+    let (mut scanner, tier) = start_agent(cfg, w)?;
+    let kubelet = FakeKubelet::new(
+        node_config(cfg),
+        cfg.prefix.clone(),
+        cfg.listener_exe.clone(),
+    );
 
     writeln!(
         w,
         "\n== 2. Two pods start; new pod netns on this node get net.core.somaxconn={} ==",
         cfg.node_somaxconn
     )?;
-    let mut running = Vec::new();
-    let mut names = BTreeMap::new();
-    for p in &PODS {
-        let rp = kubelet.run_pod(pod_object(p, 1), &[container(p)])?;
-        writeln!(
-            w,
-            "  pod shop/{}: {} calls listen(127.0.0.1:{}, backlog {}) and is too busy to accept",
-            rp.name(),
-            p.container,
-            p.port,
-            p.backlog
-        )?;
-        names.insert(p.name.to_string(), rp.name().to_string());
-        running.push(rp);
-    }
+    let (mut running, names) = start_pods(&kubelet, w)?;
     writeln!(
         w,
         "\n== 3. A burst of {} connections hits each pod ==",
         cfg.burst
     )?;
-    let mut bursts = HashMap::new();
-    for (p, rp) in PODS.iter().zip(&running) {
-        let b = rp.burst(
-            &cfg.listener_exe,
-            &format!("127.0.0.1:{}", p.port),
-            cfg.burst,
-        )?;
-        writeln!(
-            w,
-            "  {}: {}/{} connections established, the rest wait in SYN retransmits",
-            rp.name(),
-            b.connected,
-            b.attempted
-        )?;
-        bursts.insert(p.name.to_string(), b.connected);
-    }
+    let bursts = burst_all(cfg, &running, Some(&mut *w))?;
     let (_, before) = observe(cfg, &mut scanner, &running, &bursts)?;
     writeln!(w, "\n== 4. What the agent reports ==")?;
     print_reports(w, &before, &names)?;
-    for (name, o) in &before {
-        let advice = match o.report.diagnosis {
-            kubetune_crds::Diagnosis::SomaxconnBound => "somaxconn clips the backlog the app asked for: raising net.core.somaxconn at pod creation fixes it",
-            kubetune_crds::Diagnosis::ApplicationBacklogBound => "the app's own listen() backlog binds: raise it in the app; a sysctl will not help",
-            kubetune_crds::Diagnosis::SlowAccept => "the queue sits full although the backlog is generous: the app is not accepting",
-            kubetune_crds::Diagnosis::Healthy => "no overflows",
-        };
-        writeln!(w, "  -> {name}: {:?}: {advice}", o.report.diagnosis)?;
-    }
+    print_advice(w, &before)?;
 
     writeln!(
         w,
         "\n== 5. TuningPolicies web-backlog and api-backlog ask for net.core.somaxconn=4096 =="
     )?;
     let policies = policies();
-    let webhook = LocalWebhook::start(Snapshot {
-        policies: policies.clone(),
-        namespaces: BTreeMap::from([(
-            "shop".to_string(),
-            NamespaceFacts {
-                name: "shop".into(),
-                labels: BTreeMap::new(),
-            },
-        )]),
-        facts: facts(),
-        ..Default::default()
-    })
-    .await?;
-    writeln!(
-        w,
-        "  webhook serving AdmissionReview v1 on https://{} (fresh CA)",
-        webhook.addr
-    )?;
-    writeln!(w, "  sysctls only apply when a pod starts: the running pods need a restart. The ReplicaSets recreate them:")?;
-    let mut decisions = BTreeMap::new();
-    let mut admitted = BTreeMap::new();
-    for p in &PODS {
-        let (stored, decision) = webhook.admit(&pod_object(p, 2)).await?;
-        let decision = decision
-            .ok_or_else(|| DemoError::Unexpected(format!("no decision recorded on {}", p.name)))?;
-        writeln!(
-            w,
-            "  admitted shop/{}: {}",
-            stored.metadata.name.as_deref().unwrap_or(""),
-            decision.summary()
-        )?;
-        decisions.insert(p.name.to_string(), decision);
-        admitted.insert(p.name.to_string(), stored);
-    }
-    drop(webhook);
+    let (decisions, admitted) = admit_replacements(&policies, w).await?;
 
     writeln!(
         w,
@@ -411,31 +324,8 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
     for rp in &mut running {
         rp.stop();
     }
-    running.clear();
-    names.clear();
-    for p in &PODS {
-        let mut pod = admitted[p.name].clone();
-        pod.metadata.uid = None;
-        let rp = kubelet.run_pod(pod, &[container(p)])?;
-        writeln!(
-            w,
-            "  pod shop/{} started, netns somaxconn = {}",
-            rp.name(),
-            rp.sysctl("net.core.somaxconn")?
-        )?;
-        admitted.insert(p.name.to_string(), rp.pod.clone());
-        names.insert(p.name.to_string(), rp.name().to_string());
-        running.push(rp);
-    }
-    let mut bursts = HashMap::new();
-    for (p, rp) in PODS.iter().zip(&running) {
-        let b = rp.burst(
-            &cfg.listener_exe,
-            &format!("127.0.0.1:{}", p.port),
-            cfg.burst,
-        )?;
-        bursts.insert(p.name.to_string(), b.connected);
-    }
+    let (mut running, admitted, names) = restart_pods(&kubelet, admitted, w)?;
+    let bursts = burst_all(cfg, &running, None)?;
     let (_, after) = observe(cfg, &mut scanner, &running, &bursts)?;
     print_reports(w, &after, &names)?;
 
@@ -471,19 +361,7 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
     );
     crate::demo_status::print(w, &statuses)?;
     writeln!(w)?;
-    for (name, st) in &statuses {
-        let verified = kubetune_operator::status::find_condition(
-            st,
-            kubetune_crds::policy::condition::VERIFIED,
-        );
-        match verified {
-            Some(c) if c.status == "True" => {
-                writeln!(w, "  {name}: Verified, measured: {}", c.message)?
-            }
-            Some(c) => writeln!(w, "  {name}: not verified ({}): {}", c.reason, c.message)?,
-            None => writeln!(w, "  {name}: no Verified condition")?,
-        }
-    }
+    print_verdicts(w, &statuses)?;
     for rp in &mut running {
         rp.stop();
     }
@@ -499,4 +377,199 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
         after,
         statuses,
     })
+}
+
+/// Step 1: the agent's scanner, and its observation tier as printed.
+fn start_agent(cfg: &DemoConfig, w: &mut dyn Write) -> Result<(Scanner, String), DemoError> {
+    let scanner = Scanner::new(ScannerConfig {
+        ebpf: cfg.ebpf,
+        ..Default::default()
+    });
+    let tier = scanner.tier().as_str().to_string();
+    match scanner.fallback_reason() {
+        None => writeln!(
+            w,
+            "  observation tier: {tier} (eBPF programs loaded into this kernel)"
+        )?,
+        Some(why) => writeln!(w, "  observation tier: {tier} (fallback: {why})")?,
+    }
+    Ok((scanner, tier))
+}
+
+/// The demo node: pod netns get `cfg.node_somaxconn`; the kubelet allows net.core.somaxconn.
+fn node_config(cfg: &DemoConfig) -> NodeConfig {
+    NodeConfig {
+        kubernetes_version: KubeVersion::new(1, 31),
+        default_sysctls: BTreeMap::from([(
+            "net.core.somaxconn".to_string(),
+            cfg.node_somaxconn.to_string(),
+        )]),
+        allowed_unsafe_sysctls: vec!["net.core.somaxconn".into()],
+        tuning_network: None,
+    }
+}
+
+/// Step 2: the first generation of both pods (not accepting), and their names by demo pod.
+fn start_pods(
+    kubelet: &FakeKubelet,
+    w: &mut dyn Write,
+) -> Result<(Vec<RunningPod>, BTreeMap<String, String>), DemoError> {
+    let mut running = Vec::new();
+    let mut names = BTreeMap::new();
+    for p in &PODS {
+        let rp = kubelet.run_pod(pod_object(p, 1), &[container(p)])?;
+        writeln!(
+            w,
+            "  pod shop/{}: {} calls listen(127.0.0.1:{}, backlog {}) and is too busy to accept",
+            rp.name(),
+            p.container,
+            p.port,
+            p.backlog
+        )?;
+        names.insert(p.name.to_string(), rp.name().to_string());
+        running.push(rp);
+    }
+    Ok((running, names))
+}
+
+/// A burst against every running pod: connections established per demo pod (printed when `w`).
+fn burst_all(
+    cfg: &DemoConfig,
+    running: &[RunningPod],
+    mut w: Option<&mut dyn Write>,
+) -> Result<HashMap<String, u64>, DemoError> {
+    let mut bursts = HashMap::new();
+    for (p, rp) in PODS.iter().zip(running) {
+        let b = rp.burst(
+            &cfg.listener_exe,
+            &format!("127.0.0.1:{}", p.port),
+            cfg.burst,
+        )?;
+        if let Some(w) = w.as_deref_mut() {
+            writeln!(
+                w,
+                "  {}: {}/{} connections established, the rest wait in SYN retransmits",
+                rp.name(),
+                b.connected,
+                b.attempted
+            )?;
+        }
+        bursts.insert(p.name.to_string(), b.connected);
+    }
+    Ok(bursts)
+}
+
+/// Step 4's advice, per diagnosis.
+fn print_advice(
+    w: &mut dyn Write,
+    observed: &BTreeMap<String, PodObservation>,
+) -> Result<(), DemoError> {
+    for (name, o) in observed {
+        let advice = match o.report.diagnosis {
+            kubetune_crds::Diagnosis::SomaxconnBound => "somaxconn clips the backlog the app asked for: raising net.core.somaxconn at pod creation fixes it",
+            kubetune_crds::Diagnosis::ApplicationBacklogBound => "the app's own listen() backlog binds: raise it in the app; a sysctl will not help",
+            kubetune_crds::Diagnosis::SlowAccept => "the queue sits full although the backlog is generous: the app is not accepting",
+            kubetune_crds::Diagnosis::Healthy => "no overflows",
+        };
+        writeln!(w, "  -> {name}: {:?}: {advice}", o.report.diagnosis)?;
+    }
+    Ok(())
+}
+
+/// Step 5: the replacement pods go through the real webhook over HTTPS; their decisions and the
+/// pods as stored, by demo pod.
+async fn admit_replacements(
+    policies: &[TuningPolicy],
+    w: &mut dyn Write,
+) -> Result<(BTreeMap<String, PodDecision>, BTreeMap<String, Pod>), DemoError> {
+    let webhook = LocalWebhook::start(Snapshot {
+        policies: policies.to_vec(),
+        namespaces: BTreeMap::from([(
+            "shop".to_string(),
+            NamespaceFacts {
+                name: "shop".into(),
+                labels: BTreeMap::new(),
+            },
+        )]),
+        facts: facts(),
+        ..Default::default()
+    })
+    .await?;
+    writeln!(
+        w,
+        "  webhook serving AdmissionReview v1 on https://{} (fresh CA)",
+        webhook.addr
+    )?;
+    writeln!(w, "  sysctls only apply when a pod starts: the running pods need a restart. The ReplicaSets recreate them:")?;
+    let mut decisions = BTreeMap::new();
+    let mut admitted = BTreeMap::new();
+    for p in &PODS {
+        let (stored, decision) = webhook.admit(&pod_object(p, 2)).await?;
+        let decision = decision
+            .ok_or_else(|| DemoError::Unexpected(format!("no decision recorded on {}", p.name)))?;
+        writeln!(
+            w,
+            "  admitted shop/{}: {}",
+            stored.metadata.name.as_deref().unwrap_or(""),
+            decision.summary()
+        )?;
+        decisions.insert(p.name.to_string(), decision);
+        admitted.insert(p.name.to_string(), stored);
+    }
+    Ok((decisions, admitted))
+}
+
+/// Step 6: the kubelet runs the admitted pods; the running pods, the pods as running (with
+/// their uids) and their names, by demo pod.
+#[allow(clippy::type_complexity)]
+fn restart_pods(
+    kubelet: &FakeKubelet,
+    mut admitted: BTreeMap<String, Pod>,
+    w: &mut dyn Write,
+) -> Result<
+    (
+        Vec<RunningPod>,
+        BTreeMap<String, Pod>,
+        BTreeMap<String, String>,
+    ),
+    DemoError,
+> {
+    let mut running = Vec::new();
+    let mut names = BTreeMap::new();
+    for p in &PODS {
+        let mut pod = admitted[p.name].clone();
+        pod.metadata.uid = None;
+        let rp = kubelet.run_pod(pod, &[container(p)])?;
+        writeln!(
+            w,
+            "  pod shop/{} started, netns somaxconn = {}",
+            rp.name(),
+            rp.sysctl("net.core.somaxconn")?
+        )?;
+        admitted.insert(p.name.to_string(), rp.pod.clone());
+        names.insert(p.name.to_string(), rp.name().to_string());
+        running.push(rp);
+    }
+    Ok((running, admitted, names))
+}
+
+/// Step 8's last lines: each policy's Verified condition in words.
+fn print_verdicts(
+    w: &mut dyn Write,
+    statuses: &BTreeMap<String, TuningPolicyStatus>,
+) -> Result<(), DemoError> {
+    for (name, st) in statuses {
+        let verified = kubetune_operator::status::find_condition(
+            st,
+            kubetune_crds::policy::condition::VERIFIED,
+        );
+        match verified {
+            Some(c) if c.status == "True" => {
+                writeln!(w, "  {name}: Verified, measured: {}", c.message)?
+            }
+            Some(c) => writeln!(w, "  {name}: not verified ({}): {}", c.reason, c.message)?,
+            None => writeln!(w, "  {name}: no Verified condition")?,
+        }
+    }
+    Ok(())
 }

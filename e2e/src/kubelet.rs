@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::decision::MULTUS_NETWORKS_ANNOTATION;
 use kubetune_crds::sysctl::{self, KubeVersion};
+use kubetune_test_support::ground_truth;
 
 /// Errors the fake kubelet reports, named like the real ones where there is one.
 #[derive(Debug, thiserror::Error)]
@@ -399,43 +400,19 @@ impl Drop for RunningPod {
 
 /// Parse `ss -Hlnt` output.
 pub fn parse_ss(out: &str) -> Vec<SsListener> {
-    out.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 4 || f[0] != "LISTEN" {
-                return None;
-            }
+    ground_truth::parse_ss(out)
+        .into_iter()
+        .filter_map(|r| {
             Some(SsListener {
-                recv_q: f[1].parse().ok()?,
-                send_q: f[2].parse().ok()?,
-                port: f[3].rsplit(':').next()?.parse().ok()?,
+                port: r.port()?,
+                recv_q: r.recv_q,
+                send_q: r.send_q,
             })
         })
         .collect()
 }
 
-/// Parse one counter out of `nstat -az` output.
-pub fn parse_nstat(out: &str, counter: &str) -> u64 {
-    out.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(counter)).then(|| f.next().and_then(|v| v.parse().ok()))?
-        })
-        .unwrap_or(0)
-}
-
-/// True when running as root (the harness needs it).
-pub fn is_root() -> bool {
-    // SAFETY-free: read our effective uid from /proc.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
+pub use ground_truth::{is_root, parse_nstat};
 
 /// Delete every `ip netns` whose name starts with `prefix` (cleanup after Ctrl-C or a failure).
 pub fn delete_netns_with_prefix(prefix: &str) {

@@ -111,6 +111,9 @@ pub fn check_object(obj: &Value) -> Vec<String> {
         ("apps/v1", "Deployment") => roundtrip::<apps::Deployment>(obj),
         ("apps/v1", "DaemonSet") => roundtrip::<apps::DaemonSet>(obj),
         ("policy/v1", "PodDisruptionBudget") => roundtrip::<pol::PodDisruptionBudget>(obj),
+        ("coordination.k8s.io/v1", "Lease") => {
+            roundtrip::<k8s_openapi::api::coordination::v1::Lease>(obj)
+        }
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => roundtrip::<rbac::ClusterRole>(obj),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             roundtrip::<rbac::ClusterRoleBinding>(obj)

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::decision::{PodDecision, DECISION_ANNOTATION};
+use kubetune_test_support::client;
 use kubetune_webhook::admission::{Config, Snapshot};
 use kubetune_webhook::metrics::Metrics;
 use kubetune_webhook::server::{routes, serve_tls, State, StaticSource};
-use kubetune_webhook::{client, tls};
+use kubetune_webhook::tls;
 use serde_json::{json, Value};
 
 /// Name the serving certificate is issued for (the in-cluster Service name).

@@ -3,10 +3,14 @@
 //! cluster (`KUBETUNE_IMAGE`, default `kubetune:dev`, e.g. `kind load docker-image kubetune:dev`).
 //!
 //! - Installs `config/default` once (server-side apply) and waits for the webhook.
-//! - One namespace per test; deleted afterwards unless `KUBETUNE_E2E_KEEP=1`; on failure the
-//!   namespace's pods, policies, reports and events are dumped.
+//! - One namespace per test, deleted when the test ends (passed or failed) unless
+//!   `KUBETUNE_E2E_KEEP=1`, which keeps every test's namespace; on failure the namespace's pods,
+//!   policies, reports and events are dumped first.
 //! - Unsafe sysctls (somaxconn) are expected to be refused unless the kubelets allow them and
 //!   `KUBETUNE_E2E_UNSAFE_ALLOWED=1` says so.
+//! - Node truth: every node's `NodeTuning` and `sysctl.kubetune.dev/` labels are checked against
+//!   the kubelet's own effective configuration (`/api/v1/nodes/<n>/proxy/configz`), and the
+//!   agent's admission policy by impersonating the agent; both need cluster-admin credentials.
 //!
 //! Run: `KUBECONFIG=~/.kube/config cargo test -p kubetune-e2e --test cluster -- --test-threads=1`
 
@@ -150,7 +154,7 @@ impl Drop for TestNs {
 }
 
 fn policy(name: &str, app: &str, spec_extra: Value) -> Value {
-    let mut p = json!({"apiVersion": "kubetune.dev/v1alpha1", "kind": "TuningPolicy",
+    let mut p = json!({"apiVersion": kubetune_crds::API_VERSION, "kind": "TuningPolicy",
         "metadata": {"name": name}, "spec": {"podSelector": {"matchLabels": {"app": app}}}});
     for (k, v) in spec_extra.as_object().unwrap() {
         p["spec"][k] = v.clone();
@@ -483,4 +487,725 @@ fn pods_are_created_while_the_webhook_is_down() {
     created.expect("pod creation must not fail while the webhook is down (failurePolicy Ignore)");
     let p = ns.get("pod", "web-down");
     assert!(p["metadata"]["annotations"][DECISION_ANNOTATION].is_null());
+}
+
+fn get_json(args: &[&str]) -> Value {
+    let out = kubectl(args, None).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    let mut s: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn every_node_publishes_what_its_kubelet_allows_and_its_labels_match() {
+    let Some((_g, _ns)) = setup("nodetruth", &[]) else {
+        return;
+    };
+    let nodes = get_json(&["get", "nodes", "-o", "json"]);
+    for node in nodes["items"].as_array().unwrap() {
+        let name = node["metadata"]["name"].as_str().unwrap();
+        // Ground truth: the kubelet's effective configuration, from the kubelet itself.
+        let configz = get_json(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{name}/proxy/configz"),
+        ]);
+        let truth = strings(&configz["kubeletconfig"]["allowedUnsafeSysctls"]);
+        let nt = wait_for(
+            &format!("NodeTuning {name} with the kubelet's allowlist {truth:?}"),
+            Duration::from_secs(120),
+            || {
+                let out = kubectl(&["get", "nodetuning", name, "-o", "json"], None).ok()?;
+                let v: Value = serde_json::from_str(&out).ok()?;
+                (strings(&v["spec"]["kubelet"]["allowedUnsafeSysctls"]) == truth
+                    && v["spec"]["kubelet"]["error"].is_null())
+                .then_some(out)
+            },
+        );
+        let nt: Value = serde_json::from_str(&nt).unwrap();
+        let mut want: Vec<String> = kubetune_crds::node::accepted_table_sysctls(&truth)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        want.sort();
+        assert_eq!(
+            strings(&nt["spec"]["acceptedUnsafeSysctls"]),
+            want,
+            "{name}"
+        );
+        assert_eq!(
+            nt["spec"]["kubeletVersion"], node["status"]["nodeInfo"]["kubeletVersion"],
+            "{name}"
+        );
+        assert_eq!(nt["metadata"]["ownerReferences"][0]["kind"], "Node");
+        assert_eq!(
+            nt["metadata"]["ownerReferences"][0]["uid"],
+            node["metadata"]["uid"]
+        );
+        assert!(
+            nt["spec"]["netnsDefaultSomaxconn"].as_i64().is_some(),
+            "{nt}"
+        );
+        // The node's kubetune labels are exactly the accepted sysctls.
+        let labels = wait_for(
+            &format!("labels of {name}"),
+            Duration::from_secs(60),
+            || {
+                let n = get_json(&["get", "node", name, "-o", "json"]);
+                let mut keys: Vec<String> = n["metadata"]["labels"]
+                    .as_object()?
+                    .iter()
+                    .filter(|(k, v)| k.starts_with("sysctl.kubetune.dev/") && *v == "allowed")
+                    .map(|(k, _)| k["sysctl.kubetune.dev/".len()..].to_string())
+                    .collect();
+                keys.sort();
+                (keys == want).then(|| keys.join(","))
+            },
+        );
+        eprintln!("{name}: kubelet allows {truth:?}; labels {labels}");
+    }
+    let table = kubectl(&["get", "nodetunings"], None).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "KUBELET",
+            "UNSAFE-ALLOWED",
+            "NETNS-SOMAXCONN",
+            "TUNING-CNI",
+            "AGE"
+        ]
+    );
+}
+
+#[test]
+fn the_agent_may_change_only_kubetune_labels_on_its_own_node() {
+    let Some((_g, _ns)) = setup("nodelabels", &[]) else {
+        return;
+    };
+    let nodes = get_json(&["get", "nodes", "-o", "json"]);
+    let name = nodes["items"][0]["metadata"]["name"].as_str().unwrap();
+    let as_agent = |node_extra: &str, label: &str| {
+        kubectl(
+            &[
+                "label",
+                "node",
+                name,
+                label,
+                "--overwrite",
+                "--dry-run=server",
+                "--as=system:serviceaccount:kubetune-system:kubetune-agent",
+                "--as-group=system:serviceaccounts",
+                &format!("--as-user-extra=authentication.kubernetes.io/node-name={node_extra}"),
+            ],
+            None,
+        )
+    };
+    as_agent(name, "sysctl.kubetune.dev/net.core.somaxconn=allowed")
+        .expect("the agent may set a kubetune label on its own node");
+    let e = as_agent(name, "kt-e2e-other=1").expect_err("another label");
+    assert!(e.contains("sysctl.kubetune.dev/ labels"), "{e}");
+    let e = as_agent(
+        "some-other-node",
+        "sysctl.kubetune.dev/net.core.somaxconn=allowed",
+    )
+    .expect_err("another node");
+    assert!(e.contains("own node"), "{e}");
+}
+
+/// A namespace editor (a user bound to the built-in `edit` ClusterRole in the test namespace,
+/// impersonated) manages TuningPolicies there through the aggregated role, a viewer reads
+/// policies and reports, nobody but the agent writes a ListenerReport: the editor is refused
+/// by RBAC, and even this suite's (admin) user by the ValidatingAdmissionPolicy.
+#[test]
+fn namespace_editor_manages_policies_and_cannot_write_reports() {
+    let Some((_g, ns)) = setup("rbac", &[]) else {
+        return;
+    };
+    for (user, role) in [("kt-e2e-editor", "edit"), ("kt-e2e-viewer", "view")] {
+        ns.apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))
+        .unwrap();
+    }
+    let can = |user: &str, verb: &str, res: &str| {
+        kubectl(
+            &["auth", "can-i", verb, res, "-n", &ns.name, "--as", user],
+            None,
+        )
+        .is_ok_and(|o| o.trim() == "yes")
+    };
+    // The aggregation controller folds kubetune's roles into edit/view within seconds.
+    wait_for("aggregated roles", Duration::from_secs(60), || {
+        can("kt-e2e-editor", "create", "tuningpolicies.kubetune.dev").then_some(String::new())
+    });
+    let as_editor = |args: &[&str], stdin: &str| {
+        let mut a = vec!["--as", "kt-e2e-editor", "-n", &ns.name];
+        a.extend_from_slice(args);
+        kubectl(&a, Some(stdin))
+    };
+    let p = policy("keepalive", "web", json!({"preset": "IpvsIdleKeepalive"}));
+    as_editor(&["apply", "-f", "-"], &p.to_string()).expect("the editor creates a policy");
+    as_editor(&["delete", "tuningpolicy", "keepalive"], "").expect("and deletes it");
+    for verb in ["get", "list", "watch"] {
+        assert!(can("kt-e2e-viewer", verb, "tuningpolicies.kubetune.dev"));
+        assert!(can("kt-e2e-viewer", verb, "listenerreports.kubetune.dev"));
+    }
+    assert!(!can(
+        "kt-e2e-viewer",
+        "create",
+        "tuningpolicies.kubetune.dev"
+    ));
+
+    let report = json!({"apiVersion": "kubetune.dev/v1alpha1", "kind": "ListenerReport",
+        "metadata": {"name": "forged"},
+        "spec": {"podUid": "forged", "nodeName": "nowhere", "listenerCount": 0, "overflowsTotal": 0,
+                 "overflowsRecent": 0, "listeners": [], "diagnosis": "Healthy", "windowSeconds": 60,
+                 "source": "sock-diag", "observedAt": "2026-01-01T00:00:00Z"}});
+    assert!(!can(
+        "kt-e2e-editor",
+        "create",
+        "listenerreports.kubetune.dev"
+    ));
+    let e = as_editor(&["create", "-f", "-"], &report.to_string()).unwrap_err();
+    assert!(e.contains("forbidden"), "{e}");
+    // RBAC lets this suite's user write anything; the admission policy still refuses.
+    let e = ns.apply(report).unwrap_err();
+    assert!(
+        e.contains("ListenerReports are written only by the kubetune agent"),
+        "{e}"
+    );
+}
+
+/// The path of the `kubectl-kubetune` binary of this checkout (built if needed).
+fn kubectl_kubetune() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "kubectl-kubetune",
+            "--message-format=json",
+        ])
+        .current_dir(kubetune_e2e::manifests::repo_root())
+        .output()
+        .expect("cargo build -p kubectl-kubetune");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|m| {
+            (m["target"]["name"] == "kubectl-kubetune")
+                .then(|| m["executable"].as_str().map(Into::into))
+                .flatten()
+        })
+        .expect("kubectl-kubetune executable")
+}
+
+/// `kubectl kubetune why` on a pod of this suite (the built plugin, the suite's kubeconfig):
+/// it names the policy that selects the pod, each injected sysctl with the value the agent read
+/// in the pod's netns, and the policy's conditions; `top -o json` answers too.
+#[test]
+fn kubectl_kubetune_why_explains_a_pod() {
+    let Some((_g, ns)) = setup("why", &[]) else {
+        return;
+    };
+    let bin = kubectl_kubetune();
+    ns.apply(policy(
+        "keepalive",
+        "web",
+        json!({"preset": "IpvsIdleKeepalive"}),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3)); // reflector sync in the webhook
+    ns.apply(pod("web-1", "web", json!({}))).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let why = wait_for(
+        "the agent's observation in why",
+        Duration::from_secs(120),
+        || {
+            let s = run(&["why", "web-1", "-n", &ns.name, "-o", "json"]);
+            let v: Value = serde_json::from_str(&s).unwrap();
+            (v["observed"].is_object() && v["policies"][0]["phase"].is_string()).then_some(s)
+        },
+    );
+    let v: Value = serde_json::from_str(&why).unwrap();
+    assert_eq!(v["policies"][0]["name"], "keepalive", "{v}");
+    assert_eq!(v["decision"]["state"], "present", "{v}");
+    let keepalive = v["decision"]["sysctls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["sysctl"] == "net.ipv4.tcp_keepalive_time")
+        .expect("tcp_keepalive_time decided");
+    assert_eq!(keepalive["outcome"], "Injected");
+    assert_eq!(keepalive["observed"], "600", "{v}");
+    assert!(v["verdict"].is_string() && v["nextStep"].is_string());
+    let text = run(&["why", "web-1", "-n", &ns.name]);
+    assert!(
+        text.contains("Policies selecting it (1):\n  keepalive"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Verdict:") && text.contains("Next step:"),
+        "{text}"
+    );
+    let top: Value = serde_json::from_str(&run(&["top", "-o", "json"])).unwrap();
+    assert!(top.is_array());
+}
+
+/// Two operator replicas: deleting the leader's pod hands the Lease to the other replica, and
+/// a new policy's status is still written within the lease duration plus a few seconds.
+#[test]
+fn status_keeps_updating_after_the_leader_pod_is_deleted() {
+    let Some((_g, ns)) = setup("leader", &[]) else {
+        return;
+    };
+    let sys = ["-n", "kubetune-system"];
+    let holder = || {
+        let out = kubectl(
+            &[
+                sys[0],
+                sys[1],
+                "get",
+                "lease",
+                "kubetune-operator",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["spec"]["holderIdentity"].as_str().map(str::to_string)
+    };
+    let leader = wait_for("a leader", Duration::from_secs(60), holder);
+    kubectl(
+        &[sys[0], sys[1], "delete", "pod", &leader, "--wait=false"],
+        None,
+    )
+    .unwrap();
+    let deleted = Instant::now();
+    ns.apply(policy(
+        "keepalive",
+        "web",
+        json!({"preset": "IpvsIdleKeepalive"}),
+    ))
+    .unwrap();
+    // Default --lease-duration-seconds (15) + a few seconds for the reconcile.
+    wait_for(
+        "status from the new leader",
+        Duration::from_secs(15 + 10),
+        || {
+            let p = ns.get("tuningpolicy", "keepalive");
+            (p["status"]["observedGeneration"] == 1).then_some(String::new())
+        },
+    );
+    let new_leader = holder().expect("a leader");
+    assert_ne!(new_leader, leader, "the deleted pod still holds the Lease");
+    eprintln!(
+        "status written {:?} after deleting {leader}; leader now {new_leader}",
+        deleted.elapsed()
+    );
+    kubectl(
+        &[
+            sys[0],
+            sys[1],
+            "rollout",
+            "status",
+            "deployment/kubetune-operator",
+            "--timeout=180s",
+        ],
+        None,
+    )
+    .expect("operator replaced");
+}
+
+/// The SysctlForbidden guard: facts that wrongly say every node allows `net.core.somaxconn`
+/// (the override a person might leave behind), a 1-replica Deployment pinned to a node whose
+/// kubelet refuses it. Within 15 s of the first `SysctlForbidden` pod the policy's Applied
+/// condition says SysctlForbidden naming the node, and the node's NodeTuning lists the refusal.
+#[test]
+fn a_refusing_kubelet_is_recorded_and_the_policy_says_so() {
+    let Some((_g, ns)) = setup("forbidden", &[]) else {
+        return;
+    };
+    const SOMAXCONN: &str = "net.core.somaxconn";
+    let nts = get_json(&["get", "nodetunings", "-o", "json"]);
+    let refusing =
+        nts["items"].as_array().unwrap().iter().find(|nt| {
+            !strings(&nt["spec"]["acceptedUnsafeSysctls"]).contains(&SOMAXCONN.to_string())
+        });
+    let Some(node) = refusing.and_then(|nt| nt["metadata"]["name"].as_str()) else {
+        eprintln!("skipping a_refusing_kubelet_is_recorded_and_the_policy_says_so: every kubelet allows {SOMAXCONN} (per the NodeTuning objects)");
+        return;
+    };
+    let node = node.to_string();
+    let facts_args = [
+        "-n",
+        "kubetune-system",
+        "get",
+        "configmap",
+        "kubetune-cluster-facts",
+        "-o",
+        "json",
+    ];
+    let saved = kubectl(&facts_args, None).expect("facts ConfigMap");
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let mut v: Value = serde_json::from_str(&self.0).unwrap();
+            v["metadata"] =
+                json!({"name": "kubetune-cluster-facts", "namespace": "kubetune-system"});
+            let _ = kubectl(
+                &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+                Some(&v.to_string()),
+            );
+        }
+    }
+    let _restore = Restore(saved);
+    let lying = "kubernetesVersion: \"1.31\"\nnodeGroups:\n- name: all-nodes\n  nodeSelector: {}\n  allowedUnsafeSysctls: [net.core.somaxconn]\n";
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kubetune-cluster-facts", "namespace": "kubetune-system"},
+        "data": {"facts.yaml": lying}});
+    kubectl(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&cm.to_string()),
+    )
+    .expect("facts");
+    std::thread::sleep(Duration::from_secs(5)); // the webhook's and operator's facts watches
+    ns.apply(policy(
+        "guard",
+        "guarded",
+        json!({"sysctls": [{"name": SOMAXCONN, "value": "8192"}]}),
+    ))
+    .expect("policy");
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "guarded"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "guarded"}},
+            "template": {"metadata": {"labels": {"app": "guarded"}},
+                "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
+                    "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}}});
+    ns.apply(deploy).expect("deployment");
+    let first = Instant::now() + Duration::from_secs(90);
+    let mut saw_forbidden = None;
+    while Instant::now() < first {
+        let pods = get_json(&[
+            "-n",
+            &ns.name,
+            "get",
+            "pods",
+            "-l",
+            "app=guarded",
+            "-o",
+            "json",
+        ]);
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        if items
+            .iter()
+            .any(|p| p["status"]["reason"] == "SysctlForbidden")
+        {
+            saw_forbidden = Some(Instant::now());
+            break;
+        }
+        let injected = items.iter().any(|p| !sysctls(p).is_empty());
+        if !items.is_empty()
+            && !injected
+            && items
+                .iter()
+                .all(|p| p["metadata"]["annotations"][DECISION_ANNOTATION].is_string())
+        {
+            eprintln!("skipping a_refusing_kubelet_is_recorded_and_the_policy_says_so: the webhook did not inject {SOMAXCONN} for node {node} (it already knows the node refuses it)");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let since = saw_forbidden.expect("a SysctlForbidden pod within 90 s");
+    let cond = wait_for(
+        "Applied=False SysctlForbidden naming the node",
+        Duration::from_secs(15),
+        || {
+            let p = ns.get("tuningpolicy", "guard");
+            let c = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Applied")?
+                .clone();
+            (c["status"] == "False"
+                && c["reason"] == "SysctlForbidden"
+                && c["message"].as_str().is_some_and(|m| m.contains(&node)))
+            .then(|| c.to_string())
+        },
+    );
+    assert!(since.elapsed() <= Duration::from_secs(16), "{cond}");
+    let p = ns.get("tuningpolicy", "guard");
+    assert!(
+        p["status"]["forbiddenPods"].as_i64().unwrap_or(0) >= 1,
+        "{p}"
+    );
+    let nt = get_json(&["get", "nodetuning", &node, "-o", "json"]);
+    assert!(
+        nt["status"]["refusedSysctls"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|r| r["name"] == SOMAXCONN)),
+        "{nt}"
+    );
+    let events = kubectl(
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "events",
+            "--field-selector",
+            "reason=SysctlForbidden",
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(
+        events.contains("TuningPolicy") && events.contains("\"Pod\""),
+        "{events}"
+    );
+}
+
+/// A pod whose own process overflows its accept queue in the final-ACK phase (a
+/// `TCP_DEFER_ACCEPT` listener with backlog 8 that never accepts; the pod fills the queue with 8
+/// connections, then sends the data of 8 more admitted handshakes, 7 of which overflow). The agent's ListenerReport for the pod shows the
+/// overflows: on an eBPF tier the overflow event makes the agent re-sample the pod and write at
+/// once, otherwise the next scan does. The time from the burst to the report is printed (not
+/// asserted: a cluster test is not a benchmark; agent/benches/detection.rs measures it).
+#[test]
+fn listener_report_shows_a_final_ack_phase_overflow_burst() {
+    let Some((_g, ns)) = setup("overflow-event", &[]) else {
+        return;
+    };
+    let script = r#"
+import socket, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
+l.bind(("127.0.0.1", 8080)); l.listen(8)
+time.sleep(20)
+def burst(n):
+    cs = []
+    for _ in range(n):
+        c = socket.socket(); c.connect(("127.0.0.1", 8080)); cs.append(c)
+    for c in cs:
+        c.send(b"x")
+    return cs
+keep = burst(8); time.sleep(0.2); keep += burst(8)
+print("burst-done", time.time(), flush=True)
+time.sleep(3600)
+"#;
+    ns.apply(pod(
+        "overflow",
+        "overflow",
+        json!({"containers": [{"name": "app", "image": "python:3.12-slim",
+            "command": ["python3", "-c", script]}]}),
+    ))
+    .unwrap();
+    wait_for("the burst", Duration::from_secs(180), || {
+        kubectl(&["-n", &ns.name, "logs", "overflow"], None)
+            .ok()
+            .filter(|l| l.contains("burst-done"))
+    });
+    let burst_seen = Instant::now();
+    let report = wait_for(
+        "overflowsTotal > 0 in the pod's ListenerReport",
+        Duration::from_secs(60),
+        || {
+            let r: Value = serde_json::from_str(
+                &kubectl(
+                    &[
+                        "-n",
+                        &ns.name,
+                        "get",
+                        "listenerreport",
+                        "overflow",
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                )
+                .ok()?,
+            )
+            .ok()?;
+            (r["spec"]["overflowsTotal"].as_i64().unwrap_or(0) > 0).then(|| r.to_string())
+        },
+    );
+    eprintln!(
+        "report with overflows {:.1} s after the burst was seen in the pod log (2 s polling)",
+        burst_seen.elapsed().as_secs_f64()
+    );
+    let r: Value = serde_json::from_str(&report).unwrap();
+    let l = r["spec"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == 8080)
+        .expect("the pod's listener is reported")
+        .clone();
+    if r["spec"]["source"] != "sock-diag" {
+        assert_eq!(
+            l["requestedBacklog"], 8,
+            "the listen() tracepoints saw it: {l}"
+        );
+    }
+    assert!(l["overflowsTotal"].as_i64().unwrap() > 0, "{l}");
+}
+
+/// `restartPods: Rollout`: a Deployment running before the policy is restarted by the operator
+/// (no manual step), its new pods carry the sysctl, the status says so and Verified follows after
+/// the window; the restart happens once per policy generation.
+#[test]
+fn rollout_policy_restarts_a_running_deployment_once() {
+    let Some((_g, ns)) = setup("rollout", &[]) else {
+        return;
+    };
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}}});
+    ns.apply(deployment).unwrap();
+    let rollout_status = || {
+        kubectl(
+            &[
+                "-n",
+                &ns.name,
+                "rollout",
+                "status",
+                "deployment/web",
+                "--timeout=180s",
+            ],
+            None,
+        )
+    };
+    rollout_status().expect("deployment ready");
+    let pods = |ns: &TestNs| -> Vec<Value> {
+        let out = kubectl(
+            &["-n", &ns.name, "get", "pods", "-l", "app=web", "-o", "json"],
+            None,
+        )
+        .expect("list pods");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect()
+    };
+    let old: Vec<String> = pods(&ns)
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(old.len(), 2);
+    ns.apply(policy(
+        "keepalive",
+        "web",
+        json!({"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "600"}],
+               "restartPods": "Rollout", "verificationWindowSeconds": 30}),
+    ))
+    .unwrap();
+
+    // The operator restarts the Deployment (pod-template annotation, like kubectl rollout restart).
+    let record = wait_for(
+        "the restart record on the Deployment",
+        Duration::from_secs(120),
+        || {
+            let d = ns.get("deployment", "web");
+            let a = &d["spec"]["template"]["metadata"]["annotations"];
+            a["kubetune.dev/restarted-for"]
+                .as_str()
+                .map(|s| s.to_string())
+        },
+    );
+    assert_eq!(record, "keepalive@1");
+    rollout_status().expect("the restart rolls out");
+    let new = wait_for(
+        "only new pods, all with the sysctl",
+        Duration::from_secs(180),
+        || {
+            let ps = pods(&ns);
+            let names: Vec<String> = ps
+                .iter()
+                .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+                .collect();
+            let all_new = ps.len() == 2 && names.iter().all(|n| !old.contains(n));
+            let injected = ps.iter().all(|p| {
+                sysctls(p).contains(&("net.ipv4.tcp_keepalive_time".into(), "600".into()))
+            });
+            (all_new && injected).then(|| names.join(","))
+        },
+    );
+    eprintln!("replaced {old:?} with {new}");
+
+    // Status: restarted 1, RolledOut=True, and Verified only after the new pods' window.
+    let tp = wait_for(
+        "phase Verified and RolledOut=True",
+        Duration::from_secs(240),
+        || {
+            let tp = ns.get("tuningpolicy", "keepalive");
+            let rolled = tp["status"]["conditions"].as_array()?.iter().any(|c| {
+                c["type"] == "RolledOut"
+                    && c["status"] == "True"
+                    && c["reason"] == "RolloutComplete"
+            });
+            (rolled && tp["status"]["phase"] == "Verified").then(|| tp.to_string())
+        },
+    );
+    let tp: Value = serde_json::from_str(&tp).unwrap();
+    assert_eq!(tp["status"]["rollout"]["restarted"], 1, "{tp}");
+    assert_eq!(tp["status"]["rollout"]["skipped"], 0, "{tp}");
+    assert_eq!(tp["status"]["verifiedPods"], 2, "{tp}");
+    let events = kubectl(
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Deployment,involvedObject.name=web,reason=Restarted",
+            "-o",
+            "name",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(
+        !events.trim().is_empty(),
+        "a Restarted event on the Deployment"
+    );
+
+    // Once per generation: the template stays as restarted.
+    let before = ns.get("deployment", "web");
+    std::thread::sleep(Duration::from_secs(15));
+    let after = ns.get("deployment", "web");
+    assert_eq!(
+        before["metadata"]["generation"],
+        after["metadata"]["generation"]
+    );
+    assert_eq!(
+        before["spec"]["template"]["metadata"]["annotations"],
+        after["spec"]["template"]["metadata"]["annotations"]
+    );
 }

@@ -9,7 +9,6 @@ use kubetune_crds::decision::Outcome;
 use kubetune_crds::policy::condition::VERIFIED;
 use kubetune_crds::Diagnosis;
 use kubetune_e2e::demo::{run, DemoConfig};
-use kubetune_e2e::kubelet::is_root;
 use kubetune_operator::status::find_condition;
 
 fn config(tag: &str, ebpf: EbpfMode) -> DemoConfig {
@@ -23,8 +22,7 @@ fn config(tag: &str, ebpf: EbpfMode) -> DemoConfig {
 }
 
 async fn scenario(tag: &str, ebpf: EbpfMode) {
-    if !is_root() {
-        eprintln!("skipping: needs root for network namespaces and eBPF (CI runs as root)");
+    if !kubetune_test_support::test_env::require_root("network namespaces and eBPF") {
         return;
     }
     let cfg = config(tag, ebpf);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Pod;
-use kubetune_e2e::kubelet::{is_root, Container, FakeKubelet, KubeletError, NodeConfig};
+use kubetune_e2e::kubelet::{Container, FakeKubelet, KubeletError, NodeConfig};
 use serde_json::json;
 
 fn exe() -> PathBuf {
@@ -40,8 +40,7 @@ fn listen(port: u16, backlog: u32) -> Container {
 
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipping: needs root for network namespaces (CI runs as root)");
+        if !kubetune_test_support::test_env::require_root("network namespaces") {
             return;
         }
     };

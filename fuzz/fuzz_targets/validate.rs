@@ -10,7 +10,7 @@ mod common;
 
 use common::review;
 use kubetune_crds::policy::TuningPolicy;
-use kubetune_webhook::admission::{to_wire, validate, Config};
+use kubetune_webhook::admission::{validate, Config};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if mode % 2 == 0 {
         if let Ok(r) = validate(rest) {
-            let v = to_wire(&r.review);
+            let v = r.json();
             assert!(v["response"]["allowed"].is_boolean(), "{v}");
         } else {
             assert!(
@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(o) = object.as_object_mut() else {
         // Not an object: a malformed review, answered allowed with a warning (never blocking).
         let r = validate(&review("TuningPolicy", &object, "v0")).expect("a JSON body is answered");
-        let v = to_wire(&r.review);
+        let v = r.json();
         assert_eq!(v["response"]["allowed"], json!(true), "{v}");
         assert!(v["response"]["warnings"][0].is_string(), "no warning: {v}");
         return;
@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         json!({"name": "p", "namespace": "shop", "generation": 1}),
     );
     let r = validate(&review("TuningPolicy", &object, "v1")).expect("a JSON body is answered");
-    let v = to_wire(&r.review);
+    let v = r.json();
     assert_eq!(v["response"]["uid"], json!("v1"), "{v}");
     if v["response"]["allowed"] != json!(true) {
         let why = v["response"]["status"]["message"].as_str().unwrap_or("");

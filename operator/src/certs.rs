@@ -315,6 +315,21 @@ pub async fn sync(
     Ok(out)
 }
 
+/// The self-signed certificate loop: [`sync`] now and then every `every`, forever (failures
+/// are logged and retried at the next tick).
+pub async fn run(client: Client, namespace: String, every: std::time::Duration) {
+    loop {
+        match sync(&client, &namespace, Timestamp::now()).await {
+            Ok(o) if o.rotated || !o.patched.is_empty() => {
+                tracing::info!(rotated = o.rotated, patched = ?o.patched, "webhook certificate synced")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "webhook certificate sync failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Patch the caBundle of both webhook configurations where it differs from `bundle`. A missing
 /// configuration is skipped with a warning (the manifests may not be applied yet).
 pub async fn patch_ca_bundles(client: &Client, bundle: &str) -> Result<Vec<String>, CertError> {

@@ -1,7 +1,7 @@
 //! Which Kubernetes Events a status change deserves. Pure: `(old status, new status) -> events`;
 //! the reconciler publishes them on the TuningPolicy with `kube::runtime::events::Recorder`.
 
-use kubetune_crds::policy::{condition, DeliveryDecision, TuningPolicyStatus};
+use kubetune_crds::policy::{condition, rollout_reason, DeliveryDecision, TuningPolicyStatus};
 
 use crate::status::{find_condition, reason};
 
@@ -20,7 +20,8 @@ pub struct PolicyEvent {
     /// Severity.
     pub severity: Severity,
     /// Reason (CamelCase): `Applied`, `Verified`, `StillOverflowing`, `ApplicationBacklogBound`,
-    /// `SlowAccept`, `PodsNeedRestart`, `Refused`, `NotAccepted`.
+    /// `SlowAccept`, `PodsNeedRestart`, `Refused`, `NotAccepted`, `RolledOut`, `RolloutStalled`,
+    /// `ManualRestartNeeded`.
     pub reason: String,
     /// Human message.
     pub note: String,
@@ -62,13 +63,17 @@ pub fn transition_events(
             .unwrap_or_default();
         push(
             Severity::Warning,
-            "NotAccepted",
+            reason::NOT_ACCEPTED,
             format!("{r}: {}", msg(condition::ACCEPTED)),
         );
     }
     if changed(condition::APPLIED) {
         if is(condition::APPLIED, "True", None) {
-            push(Severity::Normal, "Applied", msg(condition::APPLIED));
+            push(
+                Severity::Normal,
+                condition::APPLIED,
+                msg(condition::APPLIED),
+            );
         } else if is(condition::APPLIED, "False", Some(reason::PODS_NEED_RESTART)) {
             push(
                 Severity::Normal,
@@ -79,7 +84,11 @@ pub fn transition_events(
     }
     if changed(condition::VERIFIED) {
         if is(condition::VERIFIED, "True", None) {
-            push(Severity::Normal, "Verified", msg(condition::VERIFIED));
+            push(
+                Severity::Normal,
+                condition::VERIFIED,
+                msg(condition::VERIFIED),
+            );
         }
         for r in [
             reason::STILL_OVERFLOWING,
@@ -91,6 +100,25 @@ pub fn transition_events(
             }
         }
     }
+    // restartPods: Rollout (the restarts themselves are published where they are made).
+    if changed(condition::ROLLED_OUT) {
+        let rolled = condition::ROLLED_OUT;
+        if is(rolled, "True", None) {
+            push(Severity::Normal, "RolledOut", msg(rolled));
+        } else if is(rolled, "False", Some(rollout_reason::ROLLOUT_STALLED)) {
+            push(
+                Severity::Warning,
+                rollout_reason::ROLLOUT_STALLED,
+                msg(rolled),
+            );
+        } else if is(rolled, "False", Some(rollout_reason::MANUAL_RESTART_NEEDED)) {
+            push(
+                Severity::Normal,
+                rollout_reason::MANUAL_RESTART_NEEDED,
+                msg(rolled),
+            );
+        }
+    }
     // Refusals: a sysctl newly refused for the namespace, or newly refused for some pods.
     for s in &new.sysctls {
         let before = old.and_then(|o| o.sysctls.iter().find(|p| p.name == s.name));
@@ -98,7 +126,7 @@ pub fn transition_events(
         if s.delivery == DeliveryDecision::Refused && !was_refused {
             push(
                 Severity::Warning,
-                "Refused",
+                reason::REFUSED,
                 format!(
                     "{}={} refused ({}): {}",
                     s.name, s.value, s.reason, s.message
@@ -107,7 +135,7 @@ pub fn transition_events(
         } else if s.refused_pods > before.map_or(0, |b| b.refused_pods) {
             push(
                 Severity::Warning,
-                "Refused",
+                reason::REFUSED,
                 format!(
                     "{}={} refused for {} pod(s); see the pods' kubetune.dev/decision annotation",
                     s.name, s.value, s.refused_pods

@@ -1,5 +1,7 @@
 //! The tuning-CNI NetworkAttachmentDefinition the operator owns in each namespace that has a
-//! policy delivering sysctls through tuning CNI. Rendering is pure; the reconciler applies it.
+//! policy delivering sysctls through tuning CNI. Rendering ([`render_nad`]) and the choice of
+//! owners ([`nad_owners`]) are pure; [`NadState`] does the I/O for the reconciler (cached CRD
+//! discovery, server-side apply, deletion of a NAD no policy needs any more).
 //!
 //! # The emitted CNI configuration, and why
 //!
@@ -26,13 +28,20 @@
 //! * The nodes' `/etc/cni/tuning/allowlist.conf` (if present) must allow the sysctls (regexes,
 //!   one per line), e.g. `^net\.core\.somaxconn$`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::core::ObjectMeta;
-use kube::Resource;
+use kube::{Client, Resource, ResourceExt};
+use kubetune_crds::facts::ClusterFacts;
+use kubetune_crds::policy::OPERATOR_FIELD_MANAGER;
 use kubetune_crds::TuningPolicy;
 use serde_json::json;
+use tracing::{info, warn};
+
+use crate::status::{delivery, Environment};
 
 /// Multus API group.
 pub const NAD_GROUP: &str = "k8s.cni.cncf.io";
@@ -44,6 +53,8 @@ pub const NAD_KIND: &str = "NetworkAttachmentDefinition";
 pub const NAD_PLURAL: &str = "network-attachment-definitions";
 /// Name of the isolated node bridge the interface plugin creates.
 pub const TUNING_BRIDGE: &str = "kubetune0";
+/// How long a NAD-CRD discovery result is trusted.
+pub const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 /// Label marking NADs managed by the operator.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Its value.
@@ -106,4 +117,107 @@ pub fn render_nad(namespace: &str, network_name: &str, owners: &[&TuningPolicy])
     };
     obj.data = json!({"spec": {"config": cni_config(network_name)}});
     obj
+}
+
+/// The policies of `namespace` (not being deleted) whose delivery resolves to tuning CNI: the
+/// owners of the namespace's NetworkAttachmentDefinition (none: it is not needed).
+pub fn nad_owners<'a, P: std::borrow::Borrow<TuningPolicy> + 'a>(
+    namespace: &str,
+    policies: impl IntoIterator<Item = &'a P>,
+    facts: &ClusterFacts,
+    env: &Environment,
+) -> Vec<&'a TuningPolicy> {
+    policies
+        .into_iter()
+        .map(std::borrow::Borrow::borrow)
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| delivery(p, facts, env).uses_tuning_cni)
+        .collect()
+}
+
+/// The reconciler's NetworkAttachmentDefinition I/O and what it remembers between reconciles.
+#[derive(Default)]
+pub struct NadState {
+    /// Cached NAD CRD discovery: (when, served).
+    crd: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// Last NAD applied per namespace (skip identical applies).
+    applied: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+impl NadState {
+    /// Is the NetworkAttachmentDefinition CRD served? (cached for [`DISCOVERY_TTL`])
+    pub async fn crd_served(&self, client: &Client) -> bool {
+        let mut guard = self.crd.lock().await;
+        if let Some((at, served)) = *guard {
+            if at.elapsed() < DISCOVERY_TTL {
+                return served;
+            }
+        }
+        let served = match kube::discovery::pinned_kind(client, &nad_gvk()).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, "NetworkAttachmentDefinition CRD (k8s.cni.cncf.io/v1) not served");
+                false
+            }
+        };
+        *guard = Some((Instant::now(), served));
+        served
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, serde_json::Value>> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep the namespace's NetworkAttachmentDefinition `network_name`: applied (SSA) with
+    /// `owners` as owners when it changed; deleted (if it carries the managed-by label) when no
+    /// owner remains and this operator applied it.
+    pub async fn ensure(
+        &self,
+        client: &Client,
+        namespace: &str,
+        network_name: &str,
+        owners: &[&TuningPolicy],
+    ) -> Result<(), kube::Error> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &nad_api_resource());
+        if owners.is_empty() {
+            if self.applied().remove(namespace).is_some() {
+                if let Some(existing) = api.get_opt(network_name).await? {
+                    let ours = existing
+                        .labels()
+                        .get(MANAGED_BY_LABEL)
+                        .is_some_and(|v| v == MANAGED_BY);
+                    if ours {
+                        api.delete(network_name, &Default::default()).await?;
+                        info!(
+                            namespace,
+                            name = network_name,
+                            "deleted tuning-CNI NetworkAttachmentDefinition"
+                        );
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let obj = render_nad(namespace, network_name, owners);
+        let value = serde_json::to_value(&obj).unwrap_or_default();
+        if self.applied().get(namespace) == Some(&value) {
+            return Ok(());
+        }
+        api.patch(
+            network_name,
+            &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+        info!(
+            namespace,
+            name = network_name,
+            owners = owners.len(),
+            "applied tuning-CNI NetworkAttachmentDefinition"
+        );
+        self.applied().insert(namespace.to_string(), value);
+        Ok(())
+    }
 }

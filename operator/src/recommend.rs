@@ -119,7 +119,7 @@ pub fn recommend(
         ports.join(", ")
     );
     let policy = json!({
-        "apiVersion": "kubetune.dev/v1alpha1",
+        "apiVersion": kubetune_crds::API_VERSION,
         "kind": "TuningPolicy",
         "metadata": {"name": policy_name, "namespace": ns},
         "spec": {

@@ -7,13 +7,21 @@
 //! # Rules
 //!
 //! * **Matched** pods: in the policy's namespace, phase `Running` or `Pending` (or no phase yet),
-//!   not terminating, not opted out with `kubetune.dev/skip: "true"`, selected by
+//!   not terminating, not opted out with `kubetune.dev/skip: "true"` (annotation or label, `crds::pod::opted_out`), selected by
 //!   `spec.podSelector`.
 //! * A pod's **admission record** is its `kubetune.dev/decision` annotation. It is *at current
 //!   values* when it has an entry of this policy for every desired sysctl with the desired value
 //!   (`sysctl::values_equal`). A matched pod without such a record was created before the policy
 //!   (or before its current values), or admitted while the webhook was unavailable: it
 //!   **needs restart** — sysctls are applied when the pod sandbox is created, never to a running pod.
+//! * **The spec proves, the annotation explains**: an `Injected` entry counts only when the pod's
+//!   spec carries the value — in `spec.securityContext.sysctls`, or (tuning-CNI delivery) in the
+//!   `cni-args.sysctl` of its Multus network selection (`k8s.v1.cni.cncf.io/networks`). A pod
+//!   whose record says injected but whose spec lacks a value (an annotation copied from another
+//!   pod, e.g. while the webhook was down) is `DecisionWithoutSysctls` and **needs restart**.
+//! * **Forbidden**: pods of the policy (their record names it with an injected sysctl) that a
+//!   kubelet rejected with `SysctlForbidden` ([`crate::guard`]): `status.forbiddenPods`,
+//!   `Applied=False SysctlForbidden` naming nodes and pods, phase `SysctlForbidden`.
 //! * **Applied**: the record at current values shows every sysctl the policy can deliver
 //!   (policy-level decision not `Refused`) as `Injected` (`WouldInject` for DryRun policies),
 //!   and at least one of them.
@@ -35,78 +43,24 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kubetune_crds::decision::{
-    DecisionEntry, Outcome, PodDecision, DECISION_ANNOTATION, SKIP_ANNOTATION,
-};
+use kube::core::SelectorExt;
+use kubetune_crds::decision::{DecisionEntry, Outcome};
 use kubetune_crds::facts::{decide, ClusterFacts, PodContext};
 use kubetune_crds::policy::{
-    condition, desired_sysctls, validate_spec, DeliveryDecision, Mode, SysctlDeliveryStatus,
-    TuningPolicy, TuningPolicyStatus,
+    condition, desired_sysctls, validate_spec, DeliveryDecision, Mode, SpecError,
+    SysctlDeliveryStatus, TuningPolicy, TuningPolicyStatus,
 };
 use kubetune_crds::report::{Diagnosis, ListenerReport};
-use kubetune_crds::{selector, sysctl};
-
-/// Condition reasons the operator writes (besides refusal reasons taken from `kubetune-crds`).
-pub mod reason {
-    /// Accepted: valid and every sysctl deliverable.
-    pub const ACCEPTED: &str = "Accepted";
-    /// Accepted: valid, some sysctls refused for the namespace.
-    pub const PARTIALLY_ACCEPTED: &str = "SomeSysctlsRefused";
-    /// The spec is invalid.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// Tuning-CNI delivery chosen but the NetworkAttachmentDefinition CRD is not served.
-    pub const TUNING_CNI_UNAVAILABLE: &str = "TuningCNIUnavailable";
-    /// Applied/Verified: the policy is not accepted.
-    pub const NOT_ACCEPTED: &str = "NotAccepted";
-    /// No running/pending pod matches the selector.
-    pub const NO_MATCHING_PODS: &str = "NoMatchingPods";
-    /// Every matched pod carries the sysctls.
-    pub const ALL_PODS_APPLIED: &str = "AllPodsApplied";
-    /// DryRun: every matched pod is annotated with what would be injected.
-    pub const ALL_PODS_WOULD_INJECT: &str = "AllPodsWouldInject";
-    /// Matched pods predate the policy's current values.
-    pub const PODS_NEED_RESTART: &str = "PodsNeedRestart";
-    /// Matched pods were admitted but (some) sysctls were not injected into them.
-    pub const NOT_APPLIED: &str = "NotApplied";
-    /// Verified: waiting for the agent's observation or for the window to elapse.
-    pub const NOT_OBSERVED_YET: &str = "NotObservedYet";
-    /// Verified: the netns shows another value than the one injected.
-    pub const VALUE_MISMATCH: &str = "ValueMismatch";
-    /// Verified: the accept queues of applied pods still overflow.
-    pub const STILL_OVERFLOWING: &str = "StillOverflowing";
-    /// Verified: the application's own listen() backlog is the limit.
-    pub const APPLICATION_BACKLOG_BOUND: &str = "ApplicationBacklogBound";
-    /// Verified: the application accepts too slowly.
-    pub const SLOW_ACCEPT: &str = "SlowAccept";
-    /// Verified: DryRun policies inject nothing.
-    pub const DRY_RUN: &str = "DryRun";
-    /// Verified: observed and no overflows over the window.
-    pub const VERIFIED: &str = "Verified";
-}
+use kubetune_crds::{limits, matching, sysctl};
 
 /// Values of `status.phase` (the STATUS column).
-pub mod phase {
-    /// The spec is invalid.
-    pub const INVALID: &str = "Invalid";
-    /// Valid, but nothing can be delivered (all sysctls refused, or tuning CNI unavailable).
-    pub const REFUSED: &str = "Refused";
-    /// DryRun policy.
-    pub const DRY_RUN: &str = "DryRun";
-    /// No matched pods.
-    pub const NO_MATCHING_PODS: &str = "NoMatchingPods";
-    /// Applied pods are application-backlog bound or slow to accept: a sysctl is not the fix.
-    pub const NOT_SYSCTL_BOUND: &str = "NotSysctlBound";
-    /// Applied pods still overflow.
-    pub const STILL_OVERFLOWING: &str = "StillOverflowing";
-    /// Matched pods must be recreated.
-    pub const PODS_NEED_RESTART: &str = "PodsNeedRestart";
-    /// Waiting for the agent's observation or the verification window.
-    pub const NOT_OBSERVED_YET: &str = "NotObservedYet";
-    /// Matched pods were admitted without the sysctls (per-pod refusals).
-    pub const PENDING: &str = "Pending";
-    /// Verified.
-    pub const VERIFIED: &str = "Verified";
-}
+pub use kubetune_crds::phase;
+/// The pod's parsed admission record, if any (a malformed one counts as none).
+pub use kubetune_crds::pod::decision as pod_decision;
+/// Condition reasons (one set for the webhook and the operator, in `kubetune-crds`).
+pub use kubetune_crds::reason;
+
+pub use crate::guard::{forbidden_condition, forbidden_pods, Forbidden};
 
 /// Facts about the policy's environment that are not in the policy, pods or reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +87,12 @@ impl Default for Environment {
 pub enum PodState {
     /// No admission record at the policy's current values: recreate the pod.
     NeedsRestart,
+    /// The record at current values says injected, but the pod's spec does not carry the value
+    /// (`reason::DECISION_WITHOUT_SYSCTLS`): recreate the pod.
+    DecisionWithoutSysctls {
+        /// The first sysctl the spec lacks.
+        sysctl: String,
+    },
     /// Admitted at current values, but not every deliverable sysctl was injected.
     NotApplied {
         /// Reason of the first non-injected entry (e.g. `RefusedHostNamespace`, `PodValueKept`).
@@ -144,6 +104,17 @@ pub enum PodState {
     WouldInject,
     /// Injected; what the node agent observed.
     Applied(Observation),
+}
+
+impl PodState {
+    /// Must the pod be recreated to get the sysctls ([`PodState::NeedsRestart`] or
+    /// [`PodState::DecisionWithoutSysctls`])?
+    pub fn needs_restart(&self) -> bool {
+        matches!(
+            self,
+            PodState::NeedsRestart | PodState::DecisionWithoutSysctls { .. }
+        )
+    }
 }
 
 /// Observation of an applied pod.
@@ -206,6 +177,8 @@ pub struct Evaluation {
     /// True when at least one sysctl is delivered through tuning CNI (the namespace needs the
     /// NetworkAttachmentDefinition).
     pub uses_tuning_cni: bool,
+    /// Pods of the policy a kubelet rejected with `SysctlForbidden`, sorted.
+    pub forbidden: Vec<Forbidden>,
 }
 
 /// Compute a policy's status (namespace without PodSecurity enforcement, NAD CRD assumed
@@ -231,6 +204,11 @@ pub fn compute_status<'a>(
 }
 
 /// Compute a policy's status with an explicit [`Environment`]; also returns per-pod detail.
+///
+/// The stages, each a pure function: [`delivery`] (per sysctl, for the namespace) →
+/// [`accepted_condition`] → [`pod_verdicts`] (per matched pod) → [`Tally::of`] →
+/// [`applied_condition`] (or [`forbidden_condition`] when [`forbidden_pods`] found any),
+/// [`verified_condition`] → [`status_phase`].
 pub fn evaluate<'a>(
     policy: &TuningPolicy,
     pods: impl IntoIterator<Item = &'a Pod>,
@@ -239,85 +217,157 @@ pub fn evaluate<'a>(
     env: &Environment,
     now: Timestamp,
 ) -> Evaluation {
-    let ns = policy.metadata.namespace.as_deref().unwrap_or_default();
-    let name = policy.metadata.name.as_deref().unwrap_or_default();
     let generation = policy.metadata.generation;
-    let spec = &policy.spec;
-    let dry_run = spec.mode == Mode::DryRun;
-    let desired = desired_sysctls(spec);
-    let window = SignedDuration::from_secs(i64::from(spec.window_seconds().max(0)));
     let prev = policy
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let pods: Vec<&Pod> = pods.into_iter().collect();
+    let d = delivery(policy, facts, env);
+    let accepted = accepted_condition(&d, env);
+    let is_accepted = accepted.0;
+    let verdicts = pod_verdicts(policy, &d, pods.iter().copied(), reports, now);
+    let forbidden = forbidden_pods(policy, pods.iter().copied());
+    let mut tally = Tally::of(&verdicts.pods);
+    tally.forbidden = forbidden.len() as i32;
+    let applied = forbidden_condition(is_accepted, &forbidden)
+        .unwrap_or_else(|| applied_condition(policy, is_accepted, &verdicts.pods, &tally));
+    let verified = verified_condition(policy, is_accepted, &verdicts.pods, &tally);
+    let phase = status_phase(
+        &d,
+        is_accepted,
+        policy.spec.mode == Mode::DryRun,
+        &tally,
+        verified.0,
+    );
+    let mut sysctls = d.sysctls;
+    for s in &mut sysctls {
+        s.refused_pods = verdicts.refused_pods.get(&s.name).copied().unwrap_or(0);
+    }
+    let status = TuningPolicyStatus {
+        observed_generation: generation,
+        phase: Some(phase.to_string()),
+        summary: summary(&d.desired),
+        matched_pods: tally.matched,
+        applied_pods: tally.applied,
+        verified_pods: tally.verified,
+        overflowing_pods: tally.overflowing,
+        needs_restart_pods: tally.needs_restart,
+        forbidden_pods: tally.forbidden,
+        sysctls,
+        rollout: None,
+        conditions: vec![
+            make_condition(prev, condition::ACCEPTED, accepted, generation, now),
+            make_condition(prev, condition::APPLIED, applied, generation, now),
+            make_condition(prev, condition::VERIFIED, verified, generation, now),
+        ],
+    };
+    Evaluation {
+        status,
+        next_check: verdicts.next_check,
+        pods: verdicts.pods,
+        uses_tuning_cni: d.uses_tuning_cni,
+        forbidden,
+    }
+}
 
-    // Policy-level (namespace) delivery per sysctl.
+/// A condition before it becomes a [`Condition`]: (status, reason, message).
+pub type Judgement = (bool, String, String);
+
+/// Stage 1, delivery: what the policy asks for and how each sysctl reaches the pods of its
+/// namespace (no pods needed; the NAD owner check uses only this).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyDelivery {
+    /// The desired sysctls (`desired_sysctls`).
+    pub desired: BTreeMap<String, String>,
+    /// Why the spec is invalid (`validate_spec`; empty = valid).
+    pub spec_errors: Vec<SpecError>,
+    /// The policy-level decision per desired sysctl (`refusedPods` not counted yet).
+    pub sysctls: Vec<SysctlDeliveryStatus>,
+    /// A valid Enforce policy delivers at least one sysctl through tuning CNI: the namespace
+    /// needs the NetworkAttachmentDefinition (DryRun policies never create one).
+    pub uses_tuning_cni: bool,
+}
+
+impl PolicyDelivery {
+    /// The sysctls that are not refused for the namespace (name -> value).
+    pub fn deliverable(&self) -> BTreeMap<&str, &str> {
+        self.sysctls
+            .iter()
+            .filter(|s| s.delivery != DeliveryDecision::Refused)
+            .map(|s| (s.name.as_str(), s.value.as_str()))
+            .collect()
+    }
+}
+
+/// Stage 1: [`PolicyDelivery`] of `policy` in a namespace described by `env`.
+pub fn delivery(policy: &TuningPolicy, facts: &ClusterFacts, env: &Environment) -> PolicyDelivery {
+    let spec = &policy.spec;
+    let dry_run = spec.mode == Mode::DryRun;
+    let desired = desired_sysctls(spec);
     let spec_errors = validate_spec(spec);
-    let mut per_sysctl: Vec<SysctlDeliveryStatus> = Vec::new();
     let mut uses_tuning_cni = false;
-    for (n, v) in &desired {
-        let s = match decide(n, v, spec.delivery, facts, &env.namespace) {
-            Ok(d) => {
-                uses_tuning_cni |= d.how == DeliveryDecision::TuningCni;
-                let (delivery, message) = if dry_run {
-                    (
-                        DeliveryDecision::DryRun,
-                        format!("DryRun, would deliver via {:?}: {}", d.how, d.message),
-                    )
-                } else {
-                    (d.how, d.message)
+    let sysctls = desired
+        .iter()
+        .map(|(n, v)| {
+            let (delivery, reason, message) =
+                match decide(n, v, spec.delivery, facts, &env.namespace) {
+                    Ok(d) => {
+                        uses_tuning_cni |= d.how == DeliveryDecision::TuningCni;
+                        if dry_run {
+                            let m = format!("DryRun, would deliver via {:?}: {}", d.how, d.message);
+                            (DeliveryDecision::DryRun, d.reason, m)
+                        } else {
+                            (d.how, d.reason, d.message)
+                        }
+                    }
+                    Err(r) => (DeliveryDecision::Refused, r.reason(), r.to_string()),
                 };
-                SysctlDeliveryStatus {
-                    name: n.clone(),
-                    value: v.clone(),
-                    delivery,
-                    reason: d.reason.to_string(),
-                    message,
-                    refused_pods: 0,
-                }
-            }
-            Err(r) => SysctlDeliveryStatus {
+            SysctlDeliveryStatus {
                 name: n.clone(),
                 value: v.clone(),
-                delivery: DeliveryDecision::Refused,
-                reason: r.reason().to_string(),
-                message: r.to_string(),
+                delivery,
+                reason: reason.to_string(),
+                message,
                 refused_pods: 0,
-            },
-        };
-        per_sysctl.push(s);
-    }
-    // Dry-run policies never create NADs.
-    let uses_tuning_cni = uses_tuning_cni && !dry_run && spec_errors.is_empty();
-    let deliverable: BTreeMap<&str, &str> = per_sysctl
-        .iter()
-        .filter(|s| s.delivery != DeliveryDecision::Refused)
-        .map(|s| (s.name.as_str(), s.value.as_str()))
+            }
+        })
         .collect();
+    let uses_tuning_cni = uses_tuning_cni && !dry_run && spec_errors.is_empty();
+    PolicyDelivery {
+        desired,
+        spec_errors,
+        sysctls,
+        uses_tuning_cni,
+    }
+}
 
-    // Accepted.
-    let accepted: (bool, String, String) = if !spec_errors.is_empty() {
-        let msg = spec_errors
+/// Stage 2, the `Accepted` condition: valid, something deliverable, tuning CNI usable when
+/// chosen.
+pub fn accepted_condition(d: &PolicyDelivery, env: &Environment) -> Judgement {
+    let deliverable = d.deliverable();
+    let all = &d.sysctls;
+    if !d.spec_errors.is_empty() {
+        let msg = d
+            .spec_errors
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
         (false, reason::INVALID_SPEC.into(), msg)
     } else if deliverable.is_empty() {
-        let first = per_sysctl.first();
         (
             false,
-            first
+            all.first()
                 .map(|s| s.reason.clone())
                 .unwrap_or_else(|| reason::INVALID_SPEC.into()),
-            per_sysctl
-                .iter()
+            all.iter()
                 .map(|s| s.message.clone())
                 .collect::<Vec<_>>()
                 .join("; "),
         )
-    } else if uses_tuning_cni && !env.tuning_cni_crd {
+    } else if d.uses_tuning_cni && !env.tuning_cni_crd {
         (
             false,
             reason::TUNING_CNI_UNAVAILABLE.into(),
@@ -326,8 +376,8 @@ pub fn evaluate<'a>(
              tuning CNI plugin on every node, or remove tuningCni from the kubetune-cluster-facts ConfigMap"
                 .into(),
         )
-    } else if deliverable.len() < per_sysctl.len() {
-        let refused: Vec<String> = per_sysctl
+    } else if deliverable.len() < all.len() {
+        let refused: Vec<String> = all
             .iter()
             .filter(|s| s.delivery == DeliveryDecision::Refused)
             .map(|s| format!("{} ({}): {}", s.name, s.reason, s.message))
@@ -338,37 +388,65 @@ pub fn evaluate<'a>(
             format!(
                 "{} of {} sysctls deliverable; refused: {}",
                 deliverable.len(),
-                per_sysctl.len(),
+                all.len(),
                 refused.join("; ")
             ),
         )
     } else {
-        let how: Vec<String> = per_sysctl
+        let how: Vec<String> = all
             .iter()
             .map(|s| format!("{}={} via {:?}", s.name, s.value, s.delivery))
             .collect();
         (true, reason::ACCEPTED.into(), how.join(", "))
-    };
-    let is_accepted = accepted.0;
+    }
+}
 
-    // Reports of this namespace by name.
+/// Stage 3 result: the matched pods' verdicts and what they add to the status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodVerdicts {
+    /// Matched pods, sorted by name.
+    pub pods: Vec<PodVerdict>,
+    /// Per sysctl: matched pods whose record at current values shows it `Refused` or
+    /// `PodValueKept`.
+    pub refused_pods: BTreeMap<String, i32>,
+    /// Earliest time at which a waiting pod becomes verified if nothing changes.
+    pub next_check: Option<Timestamp>,
+}
+
+/// Stage 3, per-pod verdicts: which pods the policy matches and, for each, its [`PodState`]
+/// from its admission record and its ListenerReport.
+pub fn pod_verdicts<'a>(
+    policy: &TuningPolicy,
+    d: &PolicyDelivery,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    reports: impl IntoIterator<Item = &'a ListenerReport>,
+    now: Timestamp,
+) -> PodVerdicts {
+    let ns = policy.metadata.namespace.as_deref().unwrap_or_default();
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
     let reports: HashMap<&str, &ListenerReport> = reports
         .into_iter()
         .filter(|r| r.metadata.namespace.as_deref().unwrap_or_default() == ns)
         .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, r)))
         .collect();
-
-    // Matched pods.
-    let mut verdicts: Vec<PodVerdict> = Vec::new();
-    let mut refused_pods: BTreeMap<String, i32> = BTreeMap::new();
-    let mut next_check: Option<Timestamp> = None;
+    let selector = matching::compile(&policy.spec.pod_selector);
+    let judge = PodJudge {
+        deliverable: d.deliverable(),
+        spec_invalid: !d.spec_errors.is_empty(),
+        dry_run: policy.spec.mode == Mode::DryRun,
+        window: SignedDuration::from_secs(i64::from(policy.spec.window_seconds().max(0))),
+        now,
+    };
+    let mut out = PodVerdicts {
+        pods: Vec::new(),
+        refused_pods: BTreeMap::new(),
+        next_check: None,
+    };
     for pod in pods {
-        if !pod_is_candidate(pod, ns) {
-            continue;
-        }
-        let empty = BTreeMap::new();
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        if !selector::matches(&spec.pod_selector, labels) {
+        let selected = selector
+            .as_ref()
+            .is_some_and(|s| s.matches(matching::pod_labels(pod)));
+        if !pod_is_candidate(pod, ns) || !selected {
             continue;
         }
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
@@ -376,145 +454,250 @@ pub fn evaluate<'a>(
             .get(pod_name.as_str())
             .copied()
             .filter(|r| report_is_for(r, pod));
-        let overflowing = report.is_some_and(|r| r.spec.overflows_recent > 0);
-        let entries = current_entries(pod, name, &desired);
+        let entries = current_entries(pod, name, &d.desired);
+        for e in entries.iter().flatten() {
+            if matches!(e.outcome, Outcome::Refused | Outcome::PodValueKept) {
+                *out.refused_pods.entry(e.sysctl.clone()).or_default() += 1;
+            }
+        }
         let state = match entries {
             None => PodState::NeedsRestart,
-            Some(entries) => {
-                for e in &entries {
-                    if matches!(e.outcome, Outcome::Refused | Outcome::PodValueKept) {
-                        *refused_pods.entry(e.sysctl.clone()).or_default() += 1;
-                    }
-                }
-                let want = if dry_run {
-                    Outcome::WouldInject
-                } else {
-                    Outcome::Injected
-                };
-                let blocking = entries
-                    .iter()
-                    .find(|e| deliverable.contains_key(e.sysctl.as_str()) && e.outcome != want);
-                let any = entries.iter().any(|e| e.outcome == want);
-                // Admitted while the policy was in the other mode (same values).
-                let other_mode = blocking
-                    .is_some_and(|e| matches!(e.outcome, Outcome::Injected | Outcome::WouldInject));
-                match (blocking, any) {
-                    _ if !spec_errors.is_empty() => PodState::NotApplied {
-                        reason: reason::INVALID_SPEC.into(),
-                        message: "the policy is invalid".into(),
-                    },
-                    (Some(_), _) if other_mode && !dry_run => PodState::NeedsRestart,
-                    (Some(_), _) if other_mode => PodState::NotApplied {
-                        reason: reason::NOT_APPLIED.into(),
-                        message: "admitted while the policy was in Enforce mode; DryRun counts \
-                                  pods annotated with WouldInject"
-                            .into(),
-                    },
-                    (Some(e), _) => PodState::NotApplied {
-                        reason: e.reason.clone(),
-                        message: e.message.clone(),
-                    },
-                    (None, false) => PodState::NotApplied {
-                        reason: reason::NOT_APPLIED.into(),
-                        message: "no sysctl of this policy was injected".into(),
-                    },
-                    (None, true) if dry_run => PodState::WouldInject,
-                    (None, true) => {
-                        let injected: Vec<(&str, &str)> = entries
-                            .iter()
-                            .filter(|e| e.outcome == Outcome::Injected)
-                            .map(|e| (e.sysctl.as_str(), e.value.as_str()))
-                            .collect();
-                        let obs = observe(pod, report, &injected, window, now);
-                        if let Observation::Waiting { until } = obs {
-                            next_check = Some(next_check.map_or(until, |t| t.min(until)));
-                        }
-                        PodState::Applied(obs)
-                    }
-                }
-            }
+            Some(entries) => judge.state(pod, report, &entries),
         };
-        verdicts.push(PodVerdict {
+        if let PodState::Applied(Observation::Waiting { until }) = state {
+            out.next_check = Some(out.next_check.map_or(until, |t| t.min(until)));
+        }
+        out.pods.push(PodVerdict {
             name: pod_name,
             state,
-            overflowing,
+            overflowing: report.is_some_and(|r| r.spec.overflows_recent > 0),
         });
     }
-    verdicts.sort_by(|a, b| a.name.cmp(&b.name));
-    for s in &mut per_sysctl {
-        s.refused_pods = refused_pods.get(&s.name).copied().unwrap_or(0);
-    }
+    out.pods.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
 
-    // Counts.
-    let matched = verdicts.len() as i32;
-    let count = |f: &dyn Fn(&PodVerdict) -> bool| verdicts.iter().filter(|v| f(v)).count() as i32;
-    let applied = count(&|v| matches!(v.state, PodState::Applied(_) | PodState::WouldInject));
-    let verified = count(&|v| v.state == PodState::Applied(Observation::Verified));
-    let overflowing = count(&|v| v.overflowing);
-    let needs_restart = count(&|v| v.state == PodState::NeedsRestart);
-    let obs = |f: &dyn Fn(&Observation) -> bool| {
-        verdicts
+/// What a pod's state depends on besides the pod.
+struct PodJudge<'a> {
+    deliverable: BTreeMap<&'a str, &'a str>,
+    spec_invalid: bool,
+    dry_run: bool,
+    window: SignedDuration,
+    now: Timestamp,
+}
+
+impl PodJudge<'_> {
+    /// The state of a matched pod whose record is at current values (`entries`).
+    fn state(
+        &self,
+        pod: &Pod,
+        report: Option<&ListenerReport>,
+        entries: &[DecisionEntry],
+    ) -> PodState {
+        let want = if self.dry_run {
+            Outcome::WouldInject
+        } else {
+            Outcome::Injected
+        };
+        let blocking = entries
             .iter()
-            .filter(|v| matches!(&v.state, PodState::Applied(o) if f(o)))
-            .map(|v| v.name.as_str())
-            .collect::<Vec<_>>()
-    };
-    let app_bound = obs(&|o| *o == Observation::ApplicationBacklogBound);
-    let slow = obs(&|o| *o == Observation::SlowAccept);
-    let still = obs(&|o| matches!(o, Observation::Overflowing { .. }));
-    let mismatch = obs(&|o| matches!(o, Observation::ValueMismatch { .. }));
-    let waiting = obs(&|o| {
-        matches!(
-            o,
-            Observation::NoReport
-                | Observation::ValueNotReported { .. }
-                | Observation::Waiting { .. }
-        )
-    });
+            .find(|e| self.deliverable.contains_key(e.sysctl.as_str()) && e.outcome != want);
+        let any = entries.iter().any(|e| e.outcome == want);
+        // Admitted while the policy was in the other mode (same values).
+        let other_mode =
+            blocking.is_some_and(|e| matches!(e.outcome, Outcome::Injected | Outcome::WouldInject));
+        match (blocking, any) {
+            _ if self.spec_invalid => PodState::NotApplied {
+                reason: reason::INVALID_SPEC.into(),
+                message: "the policy is invalid".into(),
+            },
+            (Some(_), _) if other_mode && !self.dry_run => PodState::NeedsRestart,
+            (Some(_), _) if other_mode => PodState::NotApplied {
+                reason: reason::NOT_APPLIED.into(),
+                message: "admitted while the policy was in Enforce mode; DryRun counts \
+                          pods annotated with WouldInject"
+                    .into(),
+            },
+            (Some(e), _) => PodState::NotApplied {
+                reason: e.reason.clone(),
+                message: e.message.clone(),
+            },
+            (None, false) => PodState::NotApplied {
+                reason: reason::NOT_APPLIED.into(),
+                message: "no sysctl of this policy was injected".into(),
+            },
+            (None, true) if self.dry_run => PodState::WouldInject,
+            (None, true) if unproved(pod, entries).is_some() => PodState::DecisionWithoutSysctls {
+                sysctl: unproved(pod, entries).unwrap_or_default(),
+            },
+            (None, true) => {
+                let injected: Vec<(&str, &str)> = entries
+                    .iter()
+                    .filter(|e| e.outcome == Outcome::Injected)
+                    .map(|e| (e.sysctl.as_str(), e.value.as_str()))
+                    .collect();
+                PodState::Applied(observe(pod, report, &injected, self.window, self.now))
+            }
+        }
+    }
+}
 
-    // Applied condition.
-    let gen_txt = generation.map_or_else(String::new, |g| format!(" {g}"));
-    let applied_c: (bool, String, String) = if !is_accepted {
-        (
-            false,
-            reason::NOT_ACCEPTED.into(),
-            "the policy is not accepted (see the Accepted condition)".into(),
-        )
+/// The first `Injected` entry whose value the pod's spec does not carry: not in
+/// `securityContext.sysctls` (or, for tuning-CNI delivery, not in the Multus selection's
+/// `cni-args.sysctl`). `None` when the spec proves every injected value.
+fn unproved(pod: &Pod, entries: &[DecisionEntry]) -> Option<String> {
+    let in_spec = kubetune_crds::pod::sysctls(pod);
+    let in_cni = kubetune_crds::pod::tuning_cni_sysctls(pod);
+    let carries = |list: &[(String, String)], e: &DecisionEntry| {
+        list.iter().any(|(n, v)| {
+            sysctl::normalize_name(n) == sysctl::normalize_name(&e.sysctl)
+                && sysctl::values_equal(v, &e.value)
+        })
+    };
+    entries
+        .iter()
+        .filter(|e| e.outcome == Outcome::Injected)
+        .find(|e| match e.delivery {
+            Some(DeliveryDecision::TuningCni) => !carries(&in_cni, e),
+            _ => !carries(&in_spec, e),
+        })
+        .map(|e| e.sysctl.clone())
+}
+
+/// Stage 4, the counts and the pods per observation the conditions and the phase read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally<'a> {
+    /// Matched pods.
+    pub matched: i32,
+    /// Applied (or, DryRun, annotated with what would be injected).
+    pub applied: i32,
+    /// Verified.
+    pub verified: i32,
+    /// Overflowing (report shows `overflowsRecent > 0`).
+    pub overflowing: i32,
+    /// Need restart (including `DecisionWithoutSysctls`).
+    pub needs_restart: i32,
+    /// Pods of the policy rejected with `SysctlForbidden` (set by [`evaluate`]).
+    pub forbidden: i32,
+    /// Applied pods bound by their own backlog.
+    pub app_bound: Vec<&'a str>,
+    /// Applied pods that accept too slowly.
+    pub slow: Vec<&'a str>,
+    /// Applied pods that still overflow.
+    pub still: Vec<&'a str>,
+    /// Applied pods whose netns shows another value.
+    pub mismatch: Vec<&'a str>,
+    /// Applied pods not observed (long enough) yet.
+    pub waiting: Vec<&'a str>,
+}
+
+impl<'a> Tally<'a> {
+    /// Stage 4: count `verdicts`.
+    pub fn of(verdicts: &'a [PodVerdict]) -> Self {
+        let count =
+            |f: &dyn Fn(&PodVerdict) -> bool| verdicts.iter().filter(|v| f(v)).count() as i32;
+        let obs = |f: &dyn Fn(&Observation) -> bool| {
+            verdicts
+                .iter()
+                .filter(|v| matches!(&v.state, PodState::Applied(o) if f(o)))
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+        };
+        Tally {
+            matched: verdicts.len() as i32,
+            applied: count(&|v| matches!(v.state, PodState::Applied(_) | PodState::WouldInject)),
+            verified: count(&|v| v.state == PodState::Applied(Observation::Verified)),
+            overflowing: count(&|v| v.overflowing),
+            needs_restart: count(&|v| v.state.needs_restart()),
+            forbidden: 0,
+            app_bound: obs(&|o| *o == Observation::ApplicationBacklogBound),
+            slow: obs(&|o| *o == Observation::SlowAccept),
+            still: obs(&|o| matches!(o, Observation::Overflowing { .. })),
+            mismatch: obs(&|o| matches!(o, Observation::ValueMismatch { .. })),
+            waiting: obs(&|o| {
+                matches!(
+                    o,
+                    Observation::NoReport
+                        | Observation::ValueNotReported { .. }
+                        | Observation::Waiting { .. }
+                )
+            }),
+        }
+    }
+}
+
+fn not_accepted() -> Judgement {
+    (
+        false,
+        reason::NOT_ACCEPTED.into(),
+        "the policy is not accepted (see the Accepted condition)".into(),
+    )
+}
+
+/// Stage 5, the `Applied` condition: does every matched pod carry the sysctls?
+pub fn applied_condition(
+    policy: &TuningPolicy,
+    is_accepted: bool,
+    verdicts: &[PodVerdict],
+    t: &Tally,
+) -> Judgement {
+    let ns = policy.metadata.namespace.as_deref().unwrap_or_default();
+    let dry_run = policy.spec.mode == Mode::DryRun;
+    let matched = t.matched;
+    let gen_txt = policy
+        .metadata
+        .generation
+        .map_or_else(String::new, |g| format!(" {g}"));
+    if !is_accepted {
+        not_accepted()
     } else if matched == 0 {
         (
             false,
             reason::NO_MATCHING_PODS.into(),
             format!("no running or pending pod in namespace {ns} matches spec.podSelector"),
         )
-    } else if applied == matched {
-        if dry_run {
-            (
-                true,
-                reason::ALL_PODS_WOULD_INJECT.into(),
-                format!(
-                    "all {matched} matched pods are annotated with what would be injected (DryRun)"
-                ),
-            )
-        } else {
-            (
-                true,
-                reason::ALL_PODS_APPLIED.into(),
-                format!("all {matched} matched pods were admitted with the sysctls"),
-            )
-        }
-    } else if needs_restart > 0 {
+    } else if t.applied == matched && dry_run {
+        (
+            true,
+            reason::ALL_PODS_WOULD_INJECT.into(),
+            format!(
+                "all {matched} matched pods are annotated with what would be injected (DryRun)"
+            ),
+        )
+    } else if t.applied == matched {
+        (
+            true,
+            reason::ALL_PODS_APPLIED.into(),
+            format!("all {matched} matched pods were admitted with the sysctls"),
+        )
+    } else if t.needs_restart > 0 {
         let names: Vec<&str> = verdicts
             .iter()
-            .filter(|v| v.state == PodState::NeedsRestart)
+            .filter(|v| v.state.needs_restart())
             .map(|v| v.name.as_str())
             .collect();
+        let copied: Vec<&str> = verdicts
+            .iter()
+            .filter(|v| matches!(v.state, PodState::DecisionWithoutSysctls { .. }))
+            .map(|v| v.name.as_str())
+            .collect();
+        let copied = if copied.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} ({}: the decision annotation says injected, the spec lacks the values)",
+                list(&copied),
+                reason::DECISION_WITHOUT_SYSCTLS
+            )
+        };
         (
             false,
             reason::PODS_NEED_RESTART.into(),
             format!(
-                "{needs_restart} of {matched} matched pods were created before generation{gen_txt} of this \
+                "{} of {matched} matched pods were created before generation{gen_txt} of this \
                  policy (or while the webhook was unavailable) and do not carry its sysctls; sysctls are \
-                 applied only when a pod is created: recreate them (e.g. kubectl rollout restart): {}",
+                 applied only when a pod is created: recreate them (e.g. kubectl rollout restart): {}{copied}",
+                t.needs_restart,
                 list(&names)
             ),
         )
@@ -531,47 +714,55 @@ pub fn evaluate<'a>(
             r,
             format!(
                 "{} of {matched} matched pods were admitted without (some of) the sysctls; {m}",
-                matched - applied
+                matched - t.applied
             ),
         )
-    };
+    }
+}
 
-    // Verified condition.
-    let window_s = spec.window_seconds();
-    let verified_c: (bool, String, String) = if !is_accepted {
-        (
-            false,
-            reason::NOT_ACCEPTED.into(),
-            "the policy is not accepted (see the Accepted condition)".into(),
-        )
-    } else if dry_run {
+/// Stage 5, the `Verified` condition: observed in the pods' netns, overflows stopped.
+pub fn verified_condition(
+    policy: &TuningPolicy,
+    is_accepted: bool,
+    verdicts: &[PodVerdict],
+    t: &Tally,
+) -> Judgement {
+    if !is_accepted {
+        not_accepted()
+    } else if policy.spec.mode == Mode::DryRun {
         (
             false,
             reason::DRY_RUN.into(),
             "DryRun policy: pods are only annotated with what would be injected; nothing to verify"
                 .into(),
         )
-    } else if matched == 0 {
+    } else if t.matched == 0 {
         (
             false,
             reason::NO_MATCHING_PODS.into(),
             "no matched pods to observe".into(),
         )
-    } else if applied == 0 {
-        if needs_restart > 0 {
-            (
-                false,
-                reason::PODS_NEED_RESTART.into(),
-                "no matched pod carries the sysctls yet: recreate the pods".into(),
-            )
-        } else {
-            (
-                false,
-                reason::NOT_APPLIED.into(),
-                "no matched pod carries the sysctls (see the Applied condition)".into(),
-            )
-        }
-    } else if !app_bound.is_empty() {
+    } else if t.applied == 0 && t.needs_restart > 0 {
+        (
+            false,
+            reason::PODS_NEED_RESTART.into(),
+            "no matched pod carries the sysctls yet: recreate the pods".into(),
+        )
+    } else if t.applied == 0 {
+        (
+            false,
+            reason::NOT_APPLIED.into(),
+            "no matched pod carries the sysctls (see the Applied condition)".into(),
+        )
+    } else {
+        observed(verdicts, t, policy.spec.window_seconds())
+    }
+}
+
+/// The `Verified` condition of an accepted Enforce policy with applied pods: what the agents saw.
+fn observed(verdicts: &[PodVerdict], t: &Tally, window_s: i32) -> Judgement {
+    let applied = t.applied;
+    if !t.app_bound.is_empty() {
         (
             false,
             reason::APPLICATION_BACKLOG_BOUND.into(),
@@ -579,29 +770,29 @@ pub fn evaluate<'a>(
                 "the sysctls are applied but the application's own listen() backlog is the limit in {}: \
                  raise the application's backlog (e.g. nginx `listen ... backlog=`, uwsgi --listen, \
                  Java ServerSocket backlog); the sysctl is not the fix",
-                list(&app_bound)
+                list(&t.app_bound)
             ),
         )
-    } else if !slow.is_empty() {
+    } else if !t.slow.is_empty() {
         (
             false,
             reason::SLOW_ACCEPT.into(),
             format!(
                 "the sysctls are applied but the application accepts connections too slowly in {} \
                  (accept queue sits full): add workers or fix blocking I/O; no sysctl fixes this",
-                list(&slow)
+                list(&t.slow)
             ),
         )
-    } else if !still.is_empty() {
+    } else if !t.still.is_empty() {
         (
             false,
             reason::STILL_OVERFLOWING.into(),
             format!(
                 "accept queues still overflow in {} although the desired values are in the pods' netns",
-                list(&still)
+                list(&t.still)
             ),
         )
-    } else if !mismatch.is_empty() {
+    } else if !t.mismatch.is_empty() {
         let detail: Vec<String> = verdicts
             .iter()
             .filter_map(|v| match &v.state {
@@ -620,15 +811,15 @@ pub fn evaluate<'a>(
                 detail.join(", ")
             ),
         )
-    } else if !waiting.is_empty() {
+    } else if !t.waiting.is_empty() {
         (
             false,
             reason::NOT_OBSERVED_YET.into(),
             format!(
                 "{} of {applied} applied pods not yet observed for {window_s}s without overflows by the \
                  node agent: {}",
-                waiting.len(),
-                list(&waiting)
+                t.waiting.len(),
+                list(&t.waiting)
             ),
         )
     } else {
@@ -636,57 +827,46 @@ pub fn evaluate<'a>(
             true,
             reason::VERIFIED.into(),
             format!(
-                "{verified} of {applied} applied pods show the desired values in their netns and no \
-                 accept-queue overflows over {window_s}s"
+                "{} of {applied} applied pods show the desired values in their netns and no \
+                 accept-queue overflows over {window_s}s",
+                t.verified
             ),
         )
-    };
+    }
+}
 
-    let phase = if !spec_errors.is_empty() {
+/// Stage 6, `status.phase`: the first that holds of Invalid, Refused, DryRun, SysctlForbidden,
+/// NoMatchingPods,
+/// NotSysctlBound, StillOverflowing, PodsNeedRestart, NotObservedYet, Verified, else Pending.
+pub fn status_phase(
+    d: &PolicyDelivery,
+    is_accepted: bool,
+    dry_run: bool,
+    t: &Tally,
+    verified: bool,
+) -> &'static str {
+    if !d.spec_errors.is_empty() {
         phase::INVALID
     } else if !is_accepted {
         phase::REFUSED
     } else if dry_run {
         phase::DRY_RUN
-    } else if matched == 0 {
+    } else if t.forbidden > 0 {
+        phase::SYSCTL_FORBIDDEN
+    } else if t.matched == 0 {
         phase::NO_MATCHING_PODS
-    } else if !app_bound.is_empty() || !slow.is_empty() {
+    } else if !t.app_bound.is_empty() || !t.slow.is_empty() {
         phase::NOT_SYSCTL_BOUND
-    } else if !still.is_empty() {
+    } else if !t.still.is_empty() {
         phase::STILL_OVERFLOWING
-    } else if needs_restart > 0 {
+    } else if t.needs_restart > 0 {
         phase::PODS_NEED_RESTART
-    } else if !mismatch.is_empty() || !waiting.is_empty() {
+    } else if !t.mismatch.is_empty() || !t.waiting.is_empty() {
         phase::NOT_OBSERVED_YET
-    } else if verified_c.0 {
+    } else if verified {
         phase::VERIFIED
     } else {
         phase::PENDING
-    };
-
-    let conditions = vec![
-        make_condition(prev, condition::ACCEPTED, accepted, generation, now),
-        make_condition(prev, condition::APPLIED, applied_c, generation, now),
-        make_condition(prev, condition::VERIFIED, verified_c, generation, now),
-    ];
-
-    let status = TuningPolicyStatus {
-        observed_generation: generation,
-        phase: Some(phase.to_string()),
-        summary: summary(&desired),
-        matched_pods: matched,
-        applied_pods: applied,
-        verified_pods: verified,
-        overflowing_pods: overflowing,
-        needs_restart_pods: needs_restart,
-        sysctls: per_sysctl,
-        conditions,
-    };
-    Evaluation {
-        status,
-        pods: verdicts,
-        next_check,
-        uses_tuning_cni,
     }
 }
 
@@ -709,13 +889,7 @@ pub fn pod_is_candidate(pod: &Pod, ns: &str) -> bool {
     if pod.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    let skip = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SKIP_ANNOTATION))
-        .is_some_and(|v| v == "true");
-    if skip {
+    if kubetune_crds::pod::pod_opted_out(pod) {
         return false;
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -728,15 +902,6 @@ pub fn report_is_for(report: &ListenerReport, pod: &Pod) -> bool {
         Some(uid) if !report.spec.pod_uid.is_empty() => report.spec.pod_uid == uid,
         _ => true,
     }
-}
-
-/// The pod's parsed admission record, if any (a malformed one counts as none).
-pub fn pod_decision(pod: &Pod) -> Option<PodDecision> {
-    pod.metadata
-        .annotations
-        .as_ref()?
-        .get(DECISION_ANNOTATION)
-        .and_then(|s| PodDecision::parse(s).ok())
 }
 
 /// The entries of policy `policy` in the pod's record, if they cover every desired sysctl at the
@@ -865,21 +1030,10 @@ pub fn make_condition(
         type_: type_.to_string(),
         status: status.to_string(),
         reason,
-        message: truncate(message, 32 * 1024),
+        message: limits::condition_message(message),
         observed_generation: generation,
         last_transition_time,
     }
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-    s
 }
 
 /// Look a condition up by type.

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use fixtures::*;
 use k8s_openapi::ByteString;
+use kubetune_crds::matching;
 use kubetune_crds::policy::{condition, desired_sysctls, validate_spec, TuningPolicy};
 use kubetune_crds::report::Diagnosis;
-use kubetune_crds::selector;
 use kubetune_operator::certs::{
     generate, merge_ca_bundle, needs_rotation, parse_pem_bundle, secret_needs_rotation,
     service_dns_names,
@@ -187,7 +187,7 @@ fn recommendation_for_unselected_somaxconn_bound_pod() {
         desired_sysctls(&policy.spec),
         BTreeMap::from([("net.core.somaxconn".to_string(), "8192".to_string())])
     );
-    assert!(selector::matches(
+    assert!(matching::selector_matches(
         &policy.spec.pod_selector,
         pd.metadata.labels.as_ref().unwrap()
     ));

@@ -9,7 +9,10 @@
 //!     Misses io_uring `IORING_OP_LISTEN` (no syscall).
 //!   - `tp_btf/kfree_skb`: final-ACK-phase accept-queue overflows (drop reason
 //!     `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`, numeric value supplied by the agent from BTF),
-//!     counted per listener in the per-CPU hash `OVERFLOWS` — no per-packet userspace work.
+//!     counted per listener in the per-CPU hash `OVERFLOWS` — no per-packet userspace work —
+//!     plus an `EVENT_OVERFLOW` ring-buffer record at most once per listener per
+//!     `OVERFLOW_EVENT_GAP_NS` (100 ms; last-sent times in the LRU hash `OVERFLOW_SENT`), so the
+//!     agent re-samples that pod at once and a flood costs one map lookup per drop.
 //!   - `tracepoint/sock/inet_sock_set_state`: listener close (LISTEN → CLOSE).
 //! * **fentry tier** (`fentry/tcp_conn_request`): counts SYN-phase overflows (the SYN arrives
 //!   while the accept queue is full; the kernel drops it without a drop reason, so no
@@ -37,9 +40,10 @@ mod programs {
     };
     use kubetune_probe_common::{
         Event, ListenInfo, ListenerKey, Offsets, OverflowCounts, PendingListen, AF_INET, AF_INET6,
-        EVENT_CLOSE, EVENT_LISTEN, STAT_ACK_OVERFLOW, STAT_CLOSE, STAT_EVENTS_LOST,
-        STAT_LISTEN_ENTER, STAT_LISTEN_OK, STAT_LISTEN_RESOLVE_FAIL, STAT_OVERFLOW_UNATTRIBUTED,
-        STAT_SYN_OVERFLOW,
+        EVENT_CLOSE, EVENT_LISTEN, EVENT_OVERFLOW, OVERFLOW_EVENT_GAP_NS, STAT_ACK_OVERFLOW,
+        STAT_CLOSE, STAT_COUNT, STAT_EVENTS_LOST, STAT_LISTEN_ENTER, STAT_LISTEN_OK,
+        STAT_LISTEN_RESOLVE_FAIL, STAT_OVERFLOW_EVENTS, STAT_OVERFLOW_EVENTS_SUPPRESSED,
+        STAT_OVERFLOW_UNATTRIBUTED, STAT_SYN_OVERFLOW,
     };
 
     /// Offsets from the agent (BTF + tracefs). Read-only: the verifier sees constants.
@@ -93,7 +97,11 @@ mod programs {
 
     /// Program health counters (indices `STAT_*`).
     #[map]
-    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(8, 0);
+    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+    /// When the last `EVENT_OVERFLOW` of each listener was sent (`bpf_ktime_get_ns`).
+    #[map]
+    static OVERFLOW_SENT: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
     /// listen / close events for the agent (one record per syscall, not per packet).
     #[map]
@@ -260,13 +268,22 @@ mod programs {
         }
         // SAFETY: offsets come from the tracepoint's format file; sk read via probe_read.
         unsafe {
+            // Every TCP state change of every socket lands here: test the cheapest, most
+            // selective field first (most transitions are not to CLOSE) and read the others
+            // only then — one helper call instead of three on the hot path.
+            let new: i32 = ctx.read_at(o.tp_set_state_newstate as usize).unwrap_or(0);
+            if new != TCP_CLOSE {
+                return 0;
+            }
+            let old: i32 = ctx.read_at(o.tp_set_state_oldstate as usize).unwrap_or(0);
+            if old != TCP_LISTEN {
+                return 0;
+            }
             let proto: u16 = match ctx.read_at(o.tp_set_state_protocol as usize) {
                 Ok(p) => p,
                 Err(_) => return 0,
             };
-            let old: i32 = ctx.read_at(o.tp_set_state_oldstate as usize).unwrap_or(0);
-            let new: i32 = ctx.read_at(o.tp_set_state_newstate as usize).unwrap_or(0);
-            if proto != IPPROTO_TCP || old != TCP_LISTEN || new != TCP_CLOSE {
+            if proto != IPPROTO_TCP {
                 return 0;
             }
             let sk: *const u8 = match ctx.read_at(o.tp_set_state_skaddr as usize) {
@@ -301,8 +318,34 @@ mod programs {
         0
     }
 
+    /// Sends an `EVENT_OVERFLOW` for `key` unless one was sent less than
+    /// `OVERFLOW_EVENT_GAP_NS` ago. Two CPUs racing may both send one; the agent coalesces.
+    #[inline(always)]
+    fn notify_overflow(key: ListenerKey) {
+        // SAFETY: the helper has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: plain u64 value copied out of the map.
+        if let Some(last) = unsafe { OVERFLOW_SENT.get(&key) } {
+            if now.wrapping_sub(*last) < OVERFLOW_EVENT_GAP_NS {
+                bump(STAT_OVERFLOW_EVENTS_SUPPRESSED);
+                return;
+            }
+        }
+        let _ = OVERFLOW_SENT.insert(&key, &now, 0);
+        bump(STAT_OVERFLOW_EVENTS);
+        emit(
+            EVENT_OVERFLOW,
+            ListenInfo {
+                key,
+                ts_ns: now,
+                ..ListenInfo::default()
+            },
+        );
+    }
+
     #[inline(always)]
     fn count_overflow(key: ListenerKey, ack: u64, syn: u64) {
+        notify_overflow(key);
         if let Some(p) = OVERFLOWS.get_ptr_mut(key) {
             // SAFETY: per-CPU value, only this CPU writes it.
             unsafe {

@@ -14,13 +14,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kubetune_crds::facts::{ClusterFacts, NodeGroup};
-use kubetune_crds::sysctl::KubeVersion;
+use kubetune_test_support::admission::{facts_with, ingress_nodes, policy, review_of};
+use kubetune_test_support::client;
+use kubetune_test_support::webhook::snapshot_labelled;
 use kubetune_webhook::admission::{Config, Snapshot};
 use kubetune_webhook::metrics::Metrics;
-use kubetune_webhook::plan::NamespaceFacts;
 use kubetune_webhook::server::{noop_routes, routes, serve_tls, State, StaticSource};
-use kubetune_webhook::{client, tls};
+use kubetune_webhook::tls;
 use serde_json::json;
 
 fn env(name: &str, default: usize) -> usize {
@@ -50,22 +50,22 @@ fn review_body_with_hash(hash: &str) -> Bytes {
                 {"name": "envoy", "image": "envoyproxy/envoy:v1.31", "args": ["-c", "/etc/envoy/envoy.yaml"],
                  "volumeMounts": [{"name": "cfg", "mountPath": "/etc/envoy"}]}],
             "volumes": [{"name": "cfg", "configMap": {"name": "envoy"}}]}});
-    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "00000000-0000-4000-8000-000000000000", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": "shop", "operation": "CREATE",
-        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller", "groups": ["system:serviceaccounts"]},
-        "object": pod, "dryRun": false, "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}}});
+    let review = review_of(
+        "Pod",
+        &json!("shop"),
+        &pod,
+        "00000000-0000-4000-8000-000000000000",
+    );
     Bytes::from(review.to_string())
 }
 
+/// Three policies selecting the pod, 200 elsewhere in the cluster; nodes in pool=ingress allow
+/// somaxconn.
 fn snapshot() -> Snapshot {
-    let mk = |name: &str, spec: serde_json::Value| -> kubetune_crds::TuningPolicy {
-        let mut v = json!({"apiVersion": "kubetune.dev/v1alpha1", "kind": "TuningPolicy", "metadata": {"name": name, "namespace": "shop", "generation": 3},
-            "spec": {"podSelector": {"matchLabels": {"app": "web"}}}});
-        for (k, val) in spec.as_object().unwrap() {
-            v["spec"][k] = val.clone();
-        }
-        serde_json::from_value(v).unwrap()
+    let mk = |name: &str, spec: serde_json::Value| {
+        let mut p = policy(name, spec);
+        p.metadata.generation = Some(3);
+        p
     };
     let mut policies = vec![
         mk(
@@ -87,34 +87,11 @@ fn snapshot() -> Snapshot {
         p.metadata.namespace = Some(format!("ns-{i}"));
         policies.push(p);
     }
-    Snapshot {
+    snapshot_labelled(
         policies,
-        namespaces: [(
-            "shop".to_string(),
-            NamespaceFacts {
-                name: "shop".into(),
-                labels: [(
-                    "kubernetes.io/metadata.name".to_string(),
-                    "shop".to_string(),
-                )]
-                .into(),
-            },
-        )]
-        .into(),
-        memo: Default::default(),
-        facts: ClusterFacts {
-            kubernetes_version: KubeVersion::new(1, 31),
-            node_groups: vec![NodeGroup {
-                name: "ingress".into(),
-                node_selector: [("pool".into(), "ingress".into())].into(),
-                allowed_unsafe_sysctls: vec![
-                    "net.core.somaxconn".into(),
-                    "net.ipv4.tcp_max_syn_backlog".into(),
-                ],
-            }],
-            tuning_cni: None,
-        },
-    }
+        facts_with(vec![ingress_nodes()], false),
+        &[("kubernetes.io/metadata.name", "shop")],
+    )
 }
 
 /// The reviews a run sends, in turn.
@@ -334,6 +311,17 @@ fn main() {
             let patch = serde_json::to_string_pretty(&answer.patch()).expect("patch");
             std::fs::write(format!("{path}.patch"), patch).expect("write the patch");
             println!("review written to {path}, its patch to {path}.patch");
+            return;
+        }
+
+        // `KT_BENCH_PROFILE=N`: only the handler on N new pod shapes, then exit — a short,
+        // deterministic run to count instructions in (valgrind --tool=callgrind).
+        if let Some(n) = std::env::var("KT_BENCH_PROFILE").ok().and_then(|v| v.parse::<usize>().ok()) {
+            let (snap, cfg, distinct) = (snapshot(), Config::new("kubetune-system", &[]), distinct_bodies("p", n));
+            for b in distinct.iter() {
+                std::hint::black_box(kubetune_webhook::admission::mutate(b, &snap, &cfg).unwrap().body);
+            }
+            println!("{n} new pod shapes through the handler");
             return;
         }
 

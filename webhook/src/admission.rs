@@ -1,22 +1,25 @@
-//! AdmissionReview v1 handling, pure over a [`Snapshot`] of the caches.
+//! The `/mutate` and `/validate` handlers, pure over a [`Snapshot`] of the caches; both speak
+//! AdmissionReview v1 through [`crate::review`].
 //!
 //! Contract: `/mutate` always allows (kubetune must never block a pod); anything it cannot
 //! understand gets a well-formed allowed response with a warning. Only a body that is not JSON
 //! at all is a 400. `/validate` denies invalid TuningPolicies with the validation messages.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 use kubetune_crds::decision::SKIP_ANNOTATION;
 use kubetune_crds::facts::ClusterFacts;
 use kubetune_crds::policy::{validate_spec, TuningPolicy};
-use serde_json::Value;
 
+use crate::memo::{PlanMemo, Planned};
 use crate::patch::build_patch;
 use crate::plan::{plan, NamespaceFacts, PSA_ENFORCE};
+use crate::podview::PodSubset;
+use crate::review::{self, Answer, NotJson, Request, ReviewOutcome};
 
 /// Annotation the kubelet sets on mirror (static) pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -32,138 +35,6 @@ pub struct Snapshot {
     pub facts: ClusterFacts,
     /// Answers already computed against this snapshot (starts empty; see [`PlanMemo`]).
     pub memo: PlanMemo,
-}
-
-/// Most pod objects one snapshot remembers; the memo is emptied when it is full.
-pub const MEMO_CAPACITY: usize = 1024;
-/// Most bytes (object JSON + encoded patch) one snapshot's memo holds; emptied when exceeded.
-pub const MEMO_MAX_BYTES: usize = 4 * 1024 * 1024;
-/// Pod objects larger than this (JSON bytes) are never memoised.
-pub const MEMO_MAX_OBJECT_BYTES: usize = 16 * 1024;
-
-/// The plan + patch of each pod object seen with one [`Snapshot`].
-///
-/// Plan and patch are pure functions of the pod object, its namespace and the snapshot, so the
-/// same object in the same namespace gets the same answer. Replicas of one ReplicaSet reach the
-/// webhook as the same JSON (the apiserver generates their names and uids after admission), so
-/// a scale-up, a rollout or a node drain plans once per pod template instead of once per pod.
-/// The key is the object's exact JSON: nothing that could change the answer can differ between
-/// a hit and the request it was computed for. A new snapshot (any policy, namespace or
-/// cluster-facts change) comes with an empty memo, so nothing outlives what it was computed
-/// from. Bounded: [`MEMO_CAPACITY`] objects, [`MEMO_MAX_BYTES`] in all, objects of at most
-/// [`MEMO_MAX_OBJECT_BYTES`].
-#[derive(Default)]
-pub struct PlanMemo {
-    hasher: foldhash::quality::RandomState,
-    inner: std::sync::Mutex<MemoInner>,
-}
-
-#[derive(Default)]
-struct MemoInner {
-    /// Hash of (namespace, object JSON) -> entries with that hash.
-    map: std::collections::HashMap<u64, Vec<MemoEntry>>,
-    entries: usize,
-    bytes: usize,
-}
-
-struct MemoEntry {
-    namespace: Box<str>,
-    object: Box<str>,
-    planned: std::sync::Arc<Planned>,
-}
-
-impl Clone for PlanMemo {
-    /// A copied snapshot starts with an empty memo.
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl std::fmt::Debug for PlanMemo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = self.lock();
-        f.debug_struct("PlanMemo")
-            .field("entries", &m.entries)
-            .field("bytes", &m.bytes)
-            .finish()
-    }
-}
-
-impl PlanMemo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn hash(&self, namespace: &str, object: &str) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one((namespace, object))
-    }
-    /// Number of remembered pod objects.
-    pub fn len(&self) -> usize {
-        self.lock().entries
-    }
-    /// Bytes held (object JSON + encoded patches).
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
-    }
-    /// True when nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn get(&self, namespace: &str, object: &str) -> Option<std::sync::Arc<Planned>> {
-        let h = self.hash(namespace, object);
-        self.lock()
-            .map
-            .get(&h)?
-            .iter()
-            .find(|e| &*e.namespace == namespace && &*e.object == object)
-            .map(|e| e.planned.clone())
-    }
-    fn insert(&self, namespace: &str, object: &str, planned: std::sync::Arc<Planned>) {
-        if object.len() > MEMO_MAX_OBJECT_BYTES {
-            return;
-        }
-        let size =
-            namespace.len() + object.len() + planned.patch_b64.as_ref().map_or(0, String::len);
-        let h = self.hash(namespace, object);
-        let mut m = self.lock();
-        if m.entries >= MEMO_CAPACITY || m.bytes + size > MEMO_MAX_BYTES {
-            *m = MemoInner::default();
-        }
-        let bucket = m.map.entry(h).or_default();
-        if bucket
-            .iter()
-            .any(|e| &*e.namespace == namespace && &*e.object == object)
-        {
-            return;
-        }
-        bucket.push(MemoEntry {
-            namespace: namespace.into(),
-            object: object.into(),
-            planned,
-        });
-        m.entries += 1;
-        m.bytes += size;
-    }
-}
-
-/// The part of a `/mutate` answer that depends only on the pod subset and the snapshot.
-#[derive(Debug)]
-pub struct Planned {
-    /// The JSONPatch, serialised and base64-encoded, when the pod is patched.
-    patch_b64: Option<String>,
-    outcome: ReviewOutcome,
-    delivered: Vec<&'static str>,
-}
-
-impl Planned {
-    fn answer(&self, uid: &str, warning: Option<&str>, memo_hit: bool) -> MutateAnswer {
-        MutateAnswer {
-            body: wire_response(uid, self.patch_b64.as_deref(), warning),
-            outcome: self.outcome,
-            delivered: self.delivered.clone(),
-            memo_hit,
-        }
-    }
 }
 
 /// Static configuration of the handlers.
@@ -188,249 +59,25 @@ impl Config {
     }
 }
 
-/// What happened to a request (metrics label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ReviewOutcome {
-    /// Patched the pod.
-    Patched,
-    /// Matching policies, nothing to change (already applied / nothing deliverable).
-    Unchanged,
-    /// No policy matched, or the pod/namespace is excluded.
-    Skipped,
-    /// The review was malformed or not for us; allowed with a warning.
-    Malformed,
-    /// A TuningPolicy was accepted by `/validate`.
-    Valid,
-    /// A TuningPolicy was denied by `/validate`.
-    Denied,
-}
-
-impl ReviewOutcome {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReviewOutcome::Patched => "patched",
-            ReviewOutcome::Unchanged => "unchanged",
-            ReviewOutcome::Skipped => "skipped",
-            ReviewOutcome::Malformed => "malformed",
-            ReviewOutcome::Valid => "valid",
-            ReviewOutcome::Denied => "denied",
-        }
-    }
-}
-
-/// The handler's answer.
-#[derive(Debug)]
-pub struct Reviewed {
-    /// The AdmissionReview to send back.
-    pub review: AdmissionReview<DynamicObject>,
-    /// What happened.
-    pub outcome: ReviewOutcome,
-    /// Delivery kinds patched (for metrics): `securityContext`, `tuningCNI`.
-    pub delivered: Vec<&'static str>,
-}
-
-/// The AdmissionReview as the apiserver expects it on the wire: `response.patch` as a base64
-/// string (Kubernetes' `[]byte` encoding; kube-core serialises the bytes as a number array).
-pub fn to_wire(review: &AdmissionReview<DynamicObject>) -> Value {
-    use base64::Engine;
-    let mut v = serde_json::to_value(review).unwrap_or_else(|_| serde_json::json!({}));
-    if let Some(resp) = v.get_mut("response") {
-        if let Some(Value::Array(bytes)) = resp.get("patch") {
-            let raw: Vec<u8> = bytes
-                .iter()
-                .filter_map(|b| b.as_u64().map(|b| b as u8))
-                .collect();
-            resp["patch"] = Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
-        }
-    }
-    v
-}
-
-/// The body is not JSON: answer 400.
-#[derive(Debug, thiserror::Error)]
-#[error("request body is not JSON: {0}")]
-pub struct NotJson(#[from] serde_json::Error);
-
-fn allowed_with_warning(uid: &str, warning: String) -> Reviewed {
-    let mut r = AdmissionResponse::invalid(&warning);
-    r.uid = uid.to_string();
-    r.allowed = true;
-    r.result = Default::default();
-    r.warnings = Some(vec![format!("kubetune: {warning}")]);
-    tracing::warn!(uid, %warning, "malformed admission review; allowed");
-    Reviewed {
-        review: r.into_review(),
-        outcome: ReviewOutcome::Malformed,
-        delivered: vec![],
-    }
-}
-
-/// `request.uid` of a review that may be malformed ("" when absent), to answer it in kind.
-fn request_uid(review: &Value) -> String {
-    review
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn decode(
-    body: &[u8],
-) -> Result<Result<AdmissionRequest<DynamicObject>, (String, String)>, NotJson> {
-    let v: Value = serde_json::from_slice(body)?;
-    let uid = request_uid(&v);
-    if v.get("apiVersion").and_then(Value::as_str) != Some("admission.k8s.io/v1") {
-        return Ok(Err((
-            uid,
-            "expected an admission.k8s.io/v1 AdmissionReview".into(),
-        )));
-    }
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(v) {
-        Ok(r) => r,
-        Err(e) => return Ok(Err((uid, format!("malformed AdmissionReview: {e}")))),
-    };
-    let req: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
-    match req {
-        Ok(req) => Ok(Ok(req)),
-        Err(e) => Ok(Err((uid, format!("malformed AdmissionReview: {e}")))),
-    }
-}
-
-/// The parts of an AdmissionReview v1 request `/mutate` reads, decoded in one pass (the object
-/// stays raw: it is the memo key, and only decoded when the memo does not know it).
-#[derive(serde::Deserialize)]
-struct WireReview<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: Option<String>,
-    #[serde(borrow)]
-    request: Option<WireRequest<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct WireRequest<'a> {
-    uid: String,
-    kind: WireGvk,
-    namespace: Option<String>,
-    operation: String,
-    #[serde(borrow)]
-    object: Option<&'a serde_json::value::RawValue>,
-    #[serde(rename = "dryRun", default)]
-    dry_run: Option<bool>,
-}
-
-#[derive(serde::Deserialize)]
-struct WireGvk {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    kind: String,
-}
-
-/// Serialise the `/mutate` answer straight to bytes (no intermediate JSON tree): an
-/// AdmissionReview v1 with `response.patch` base64-encoded (Kubernetes' `[]byte` encoding).
-fn wire_response(uid: &str, patch_b64: Option<&str>, warning: Option<&str>) -> Bytes {
-    let mut out = Vec::with_capacity(160 + patch_b64.map_or(0, str::len));
-    out.extend_from_slice(
-        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
-    );
-    let _ = serde_json::to_writer(&mut out, uid);
-    out.extend_from_slice(br#","allowed":true"#);
-    if let Some(p) = patch_b64 {
-        out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-        out.extend_from_slice(p.as_bytes());
-        out.push(b'"');
-    }
-    if let Some(w) = warning {
-        out.extend_from_slice(br#","warnings":["#);
-        let _ = serde_json::to_writer(&mut out, &format!("kubetune: {w}"));
-        out.push(b']');
-    }
-    out.extend_from_slice(b"}}");
-    Bytes::from(out)
-}
-
-/// The answer of `/mutate`, ready for the wire.
-#[derive(Debug)]
-pub struct MutateAnswer {
-    /// The AdmissionReview (v1) to send back as JSON bytes, `response.patch` base64-encoded.
-    pub body: Bytes,
-    /// What happened.
-    pub outcome: ReviewOutcome,
-    /// Delivery kinds patched (for metrics): `securityContext`, `tuningCNI`.
-    pub delivered: Vec<&'static str>,
-    /// The plan and patch came from the snapshot's memo (an equal pod was planned before).
-    pub memo_hit: bool,
-}
-
-impl MutateAnswer {
-    /// The answer as a JSON tree (tests, debugging).
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    /// The JSONPatch in the answer, decoded from base64 (`None` when the pod is left alone).
-    pub fn patch(&self) -> Option<json_patch::Patch> {
-        use base64::Engine;
-        let v = self.json();
-        let b64 = v.pointer("/response/patch")?.as_str()?;
-        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-        serde_json::from_slice(&raw).ok()
-    }
-}
-
-fn mutate_malformed(uid: &str, why: String) -> MutateAnswer {
-    tracing::warn!(uid, warning = %why, "malformed admission review; allowed");
-    MutateAnswer {
-        body: wire_response(uid, None, Some(&why)),
-        outcome: ReviewOutcome::Malformed,
-        delivered: vec![],
-        memo_hit: false,
-    }
-}
-
 /// `/mutate`: plan and patch a pod. Always allows; see the module docs.
-pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer, NotJson> {
-    let review: WireReview<'_> = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            // Valid JSON of the wrong shape is answered in AdmissionReview form; non-JSON is a 400.
-            let v: Value = serde_json::from_slice(body)?;
-            let uid = request_uid(&v);
-            return Ok(mutate_malformed(
-                &uid,
-                format!("malformed AdmissionReview: {e}"),
-            ));
-        }
-    };
-    let Some(req) = review.request else {
-        return Ok(mutate_malformed(
-            "",
-            "AdmissionReview has no request".into(),
-        ));
-    };
-    if review.api_version.as_deref() != Some("admission.k8s.io/v1") {
-        return Ok(mutate_malformed(
-            &req.uid,
-            "expected an admission.k8s.io/v1 AdmissionReview".into(),
-        ));
-    }
-    let skip = |outcome| MutateAnswer {
-        body: wire_response(&req.uid, None, None),
-        outcome,
-        delivered: vec![],
-        memo_hit: false,
-    };
+pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Answer, NotJson> {
+    Ok(match review::decode(body)? {
+        Ok(req) => mutate_request(&req, snap, cfg),
+        Err(malformed) => malformed,
+    })
+}
+
+fn mutate_request(req: &Request<'_>, snap: &Snapshot, cfg: &Config) -> Answer {
+    let uid = &*req.uid;
     if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
-        return Ok(mutate_malformed(
-            &req.uid,
-            format!("/mutate handles Pods, not {}", req.kind.kind),
-        ));
+        let why = format!("/mutate handles Pods, not {}", req.kind.kind);
+        return Answer::malformed(uid, why);
     }
     if req.operation != "CREATE" {
-        return Ok(skip(ReviewOutcome::Skipped));
+        return Answer::allowed(uid, ReviewOutcome::Skipped);
     }
     let Some(raw) = req.object else {
-        return Ok(mutate_malformed(&req.uid, "review has no object".into()));
+        return Answer::malformed(uid, "review has no object".into());
     };
     let raw = raw.get();
     // The memo answers only a known object in a known, not excluded namespace: such an object
@@ -442,60 +89,73 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<MutateAnswer
         .filter(|ns| !cfg.excluded_namespaces.contains(*ns) && snap.namespaces.contains_key(*ns));
     if let Some(ns) = memo_ns {
         if let Some(hit) = snap.memo.get(ns, raw) {
-            return Ok(hit.answer(&req.uid, None, true));
+            return hit.answer(uid, None, true);
         }
     }
     let mut subset = match crate::podview::decode_subset(raw) {
         Ok(p) => p,
-        Err(e) => {
-            return Ok(mutate_malformed(
-                &req.uid,
-                format!("object is not a valid Pod: {e}"),
-            ))
-        }
+        Err(e) => return Answer::malformed(uid, format!("object is not a valid Pod: {e}")),
     };
     let namespace = req
         .namespace
-        .clone()
-        .or_else(|| subset.namespace().map(str::to_string))
-        .unwrap_or_default();
+        .as_deref()
+        .or_else(|| subset.namespace())
+        .unwrap_or_default()
+        .to_string();
     subset.set_namespace(namespace.clone());
-    if cfg.excluded_namespaces.contains(&namespace)
-        || subset.annotation(MIRROR_ANNOTATION).is_some()
-    {
-        return Ok(skip(ReviewOutcome::Skipped));
-    }
-    if subset.annotation(SKIP_ANNOTATION) == Some("true")
-        || subset.label(SKIP_ANNOTATION) == Some("true")
-    {
-        return Ok(skip(ReviewOutcome::Skipped));
+    if excluded(&subset, &namespace, cfg) {
+        return Answer::allowed(uid, ReviewOutcome::Skipped);
     }
     // A namespace the cache has not seen yet (created a moment ago): assume PodSecurity
     // `restricted` so nothing the apiserver could reject is injected, and say so. Such answers
     // are not memoised (the warning belongs to this moment, not to the snapshot).
-    let mut warning = None;
-    let ns = match snap.namespaces.get(&namespace) {
-        Some(ns) => std::borrow::Cow::Borrowed(ns),
-        None => {
-            warning = Some(format!(
-                "namespace {namespace} is not in kubetune's cache yet; assumed PodSecurity \
-                 enforce=restricted (only safe sysctls)"
-            ));
-            std::borrow::Cow::Owned(NamespaceFacts {
-                name: namespace.clone(),
-                labels: BTreeMap::from([(PSA_ENFORCE.to_string(), "restricted".to_string())]),
-            })
-        }
-    };
-    let pod = subset.to_pod();
+    let (ns, warning) = namespace_facts(snap, &namespace);
+    let pod = subset.into_pod();
     let planned = plan_and_patch(&pod, &ns, snap);
-    tracing::debug!(uid = %req.uid, namespace, pod = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
-        outcome = planned.outcome.as_str(), dry_run = req.dry_run.unwrap_or(false), "planned pod");
-    let answer = planned.answer(&req.uid, warning.as_deref(), false);
+    let name = pod.metadata.name.as_deref();
+    tracing::debug!(
+        uid,
+        namespace,
+        pod = name.or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
+        outcome = planned.outcome.as_str(),
+        dry_run = req.dry_run.unwrap_or(false),
+        "planned pod"
+    );
+    let answer = planned.answer(uid, warning.as_deref(), false);
     if let Some(ns) = memo_ns {
-        snap.memo.insert(ns, raw, std::sync::Arc::new(planned));
+        snap.memo.insert(ns, raw, Arc::new(planned));
     }
-    Ok(answer)
+    answer
+}
+
+/// Pods kubetune never touches: in an excluded namespace, mirror pods, opted out.
+fn excluded(pod: &PodSubset, namespace: &str, cfg: &Config) -> bool {
+    cfg.excluded_namespaces.contains(namespace)
+        || pod.annotation(MIRROR_ANNOTATION).is_some()
+        || kubetune_crds::pod::opted_out(
+            pod.annotation(SKIP_ANNOTATION),
+            pod.label(SKIP_ANNOTATION),
+        )
+}
+
+/// The namespace's facts, or — for a namespace the cache has not seen yet — PodSecurity
+/// `restricted` and a warning saying so.
+fn namespace_facts<'s>(
+    snap: &'s Snapshot,
+    namespace: &str,
+) -> (Cow<'s, NamespaceFacts>, Option<String>) {
+    if let Some(ns) = snap.namespaces.get(namespace) {
+        return (Cow::Borrowed(ns), None);
+    }
+    let warning = format!(
+        "namespace {namespace} is not in kubetune's cache yet; assumed PodSecurity \
+         enforce=restricted (only safe sysctls)"
+    );
+    let facts = NamespaceFacts {
+        name: namespace.to_string(),
+        labels: BTreeMap::from([(PSA_ENFORCE.to_string(), "restricted".to_string())]),
+    };
+    (Cow::Owned(facts), Some(warning))
 }
 
 /// Plan and patch one pod (the uncached path of `/mutate`).
@@ -530,51 +190,44 @@ fn plan_and_patch(pod: &Pod, ns: &NamespaceFacts, snap: &Snapshot) -> Planned {
 }
 
 /// `/validate`: deny invalid TuningPolicies with every validation message.
-pub fn validate(body: &[u8]) -> Result<Reviewed, NotJson> {
-    let req = match decode(body)? {
-        Ok(r) => r,
-        Err((uid, why)) => return Ok(allowed_with_warning(&uid, why)),
-    };
-    if req.kind.kind != "TuningPolicy" || req.operation == Operation::Delete {
-        return Ok(Reviewed {
-            review: AdmissionResponse::from(&req).into_review(),
-            outcome: ReviewOutcome::Valid,
-            delivered: vec![],
-        });
+pub fn validate(body: &[u8]) -> Result<Answer, NotJson> {
+    Ok(match review::decode(body)? {
+        Ok(req) => validate_request(&req),
+        Err(malformed) => malformed,
+    })
+}
+
+fn validate_request(req: &Request<'_>) -> Answer {
+    let uid = &*req.uid;
+    let op = &*req.operation;
+    if !matches!(op, "CREATE" | "UPDATE" | "DELETE" | "CONNECT") {
+        let why = format!("malformed AdmissionReview: unknown operation {op:?}");
+        return Answer::malformed(uid, why);
     }
-    let Some(obj) = req.object.as_ref() else {
-        return Ok(allowed_with_warning(
-            &req.uid,
-            "review has no object".into(),
-        ));
+    if req.kind.kind != "TuningPolicy" || op == "DELETE" {
+        return Answer::allowed(uid, ReviewOutcome::Valid);
+    }
+    let Some(raw) = req.object else {
+        return Answer::malformed(uid, "review has no object".into());
+    };
+    // An object that is not even a Kubernetes object is a malformed review (allowed); one that
+    // is not a TuningPolicy is denied.
+    let obj: DynamicObject = match serde_json::from_str(raw.get()) {
+        Ok(o) => o,
+        Err(e) => return Answer::malformed(uid, format!("malformed AdmissionReview: {e}")),
     };
     let policy: TuningPolicy = match serde_json::to_value(obj).and_then(serde_json::from_value) {
         Ok(p) => p,
-        Err(e) => {
-            let r = AdmissionResponse::from(&req).deny(format!("not a valid TuningPolicy: {e}"));
-            return Ok(Reviewed {
-                review: r.into_review(),
-                outcome: ReviewOutcome::Denied,
-                delivered: vec![],
-            });
-        }
+        Err(e) => return Answer::denied(uid, &format!("not a valid TuningPolicy: {e}")),
     };
     let errs = validate_spec(&policy.spec);
     if errs.is_empty() {
-        return Ok(Reviewed {
-            review: AdmissionResponse::from(&req).into_review(),
-            outcome: ReviewOutcome::Valid,
-            delivered: vec![],
-        });
+        return Answer::allowed(uid, ReviewOutcome::Valid);
     }
     let msg = errs
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    Ok(Reviewed {
-        review: AdmissionResponse::from(&req).deny(msg).into_review(),
-        outcome: ReviewOutcome::Denied,
-        delivered: vec![],
-    })
+    Answer::denied(uid, &msg)
 }

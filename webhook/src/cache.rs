@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use kubetune_crds::facts::{ClusterFacts, FACTS_CONFIGMAP, FACTS_KEY};
+use kubetune_crds::facts::{ClusterFacts, FactsError, FACTS_CONFIGMAP};
 use kubetune_crds::policy::TuningPolicy;
 use tokio::sync::Notify;
 
@@ -69,17 +69,14 @@ pub fn build_snapshot(
     namespaces: &Store<Namespace>,
     facts: &Store<ConfigMap>,
 ) -> Snapshot {
-    let facts = facts
-        .state()
-        .into_iter()
-        .find_map(|cm| cm.data.as_ref().and_then(|d| d.get(FACTS_KEY)).cloned())
-        .map(|y| {
-            ClusterFacts::from_yaml(&y).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "invalid cluster facts; using defaults (no unsafe sysctls, no tuning CNI)");
-                ClusterFacts::default()
-            })
-        })
-        .unwrap_or_default();
+    let facts = match ClusterFacts::from_configmap(facts.state().first().map(|cm| cm.as_ref())) {
+        Ok(f) => f,
+        Err(FactsError::Missing) => ClusterFacts::default(),
+        Err(e) => {
+            tracing::error!(error = %e, "invalid cluster facts; using defaults (no unsafe sysctls, no tuning CNI)");
+            ClusterFacts::default()
+        }
+    };
     Snapshot {
         policies: policies.state().iter().map(|p| (**p).clone()).collect(),
         namespaces: namespaces

@@ -10,6 +10,8 @@ use clap::Parser;
     about = "kubetune mutating/validating admission webhook"
 )]
 pub struct Args {
+    #[command(flatten)]
+    pub log: kubetune_logging::LogArgs,
     /// Address to listen on (HTTPS).
     #[arg(long, default_value = "0.0.0.0:8443")]
     pub listen: std::net::SocketAddr,

@@ -14,12 +14,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    kubetune_logging::init(args.log.log_format, "info");
     let resolver = Arc::new(
         tls::ReloadingResolver::new(&args.tls_cert, &args.tls_key, Duration::from_secs(2))
             .context("loading the serving certificate")?,
@@ -38,26 +34,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %args.listen, "serving /mutate /validate /healthz /readyz /metrics over TLS");
-    server::serve_tls(listener, tls_cfg, server::routes(state), shutdown_signal()).await;
+    server::serve_tls(
+        listener,
+        tls_cfg,
+        server::routes(state),
+        kubetune_logging::shutdown_signal(),
+    )
+    .await;
     tracing::info!("shutting down");
     Ok(())
-}
-
-/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await
-            }
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

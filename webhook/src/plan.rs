@@ -5,20 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::decision::{
-    DecisionEntry, Outcome, PodDecision, PolicyRef, DECISION_ANNOTATION, DECISION_VERSION,
-    MULTUS_NETWORKS_ANNOTATION,
+    DecisionEntry, Outcome, PodDecision, PolicyRef, DECISION_VERSION, MULTUS_NETWORKS_ANNOTATION,
 };
 use kubetune_crds::facts::{decide, ClusterFacts, PodContext};
+pub use kubetune_crds::matching::matching_policies;
+pub use kubetune_crds::podsec::{PSA_ENFORCE, PSA_ENFORCE_VERSION};
 use kubetune_crds::policy::{
     desired_sysctls, validate_spec, DeliveryDecision, Mode, SpecError, TuningPolicy,
 };
-use kubetune_crds::selector;
 use kubetune_crds::sysctl::{self, KubeVersion, PodSecurityLevel};
-
-/// PodSecurity admission labels.
-pub const PSA_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
-/// PodSecurity enforce version label.
-pub const PSA_ENFORCE_VERSION: &str = "pod-security.kubernetes.io/enforce-version";
+use kubetune_crds::{podsec, reason};
 
 /// What the planner needs to know about the pod's namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,15 +29,7 @@ impl NamespaceFacts {
     /// The enforced PodSecurity level and version, if any. An unparsable level is treated as
     /// `restricted` (fail safe: never inject something the apiserver may reject).
     pub fn pod_security(&self) -> Option<(PodSecurityLevel, KubeVersion)> {
-        let level = self.labels.get(PSA_ENFORCE)?;
-        let level = PodSecurityLevel::parse(level).unwrap_or(PodSecurityLevel::Restricted);
-        let version = self
-            .labels
-            .get(PSA_ENFORCE_VERSION)
-            .filter(|v| v.as_str() != "latest")
-            .and_then(|v| KubeVersion::parse(v).ok())
-            .unwrap_or(KubeVersion::LATEST);
-        Some((level, version))
+        podsec::enforced(&self.labels)
     }
 }
 
@@ -64,67 +52,6 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.decision.policies.is_empty() && self.decision.entries.is_empty()
     }
-}
-
-/// Sysctls (name -> value) that a previous invocation of this webhook injected into the pod's
-/// securityContext, read back from its decision annotation. Needed for idempotency: on
-/// re-invocation they are ours, not "the pod's own".
-pub fn previously_injected(pod: &Pod) -> BTreeMap<String, String> {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(DECISION_ANNOTATION))
-        .and_then(|s| PodDecision::parse(s).ok())
-        .map(|d| {
-            d.entries
-                .into_iter()
-                .filter(|e| {
-                    e.outcome == Outcome::Injected
-                        && e.delivery == Some(DeliveryDecision::PodSecurityContext)
-                })
-                .map(|e| (e.sysctl, e.value))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The pod's sysctls minus what kubetune injected earlier (per the decision annotation). The
-/// planner additionally treats as the pod's own what kubetune injected earlier but does not
-/// inject again (see [`plan`]).
-pub fn own_sysctls(pod: &Pod) -> BTreeMap<String, String> {
-    let ours = previously_injected(pod);
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.security_context.as_ref())
-        .and_then(|sc| sc.sysctls.as_ref())
-        .map(|l| {
-            l.iter()
-                .map(|s| (sysctl::normalize_name(&s.name), s.value.clone()))
-                .filter(|(n, v)| ours.get(n).is_none_or(|ov| !sysctl::values_equal(ov, v)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The policies (of the pod's namespace) whose selector matches the pod, in precedence order:
-/// higher `priority` first, then name.
-pub fn matching_policies<'a>(pod: &Pod, policies: &'a [TuningPolicy]) -> Vec<&'a TuningPolicy> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-    let empty = BTreeMap::new();
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-    let mut out: Vec<&TuningPolicy> = policies
-        .iter()
-        .filter(|p| p.metadata.namespace.as_deref().unwrap_or_default() == ns)
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| selector::matches(&p.spec.pod_selector, labels))
-        .collect();
-    out.sort_by(|a, b| {
-        b.spec
-            .priority
-            .cmp(&a.spec.priority)
-            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-    });
-    out
 }
 
 /// The delivery context of a pod in a namespace.
@@ -167,7 +94,7 @@ fn invalid_spec_refusal(sysctl: &str, errors: &[SpecError]) -> (&'static str, St
                         SpecError::Sysctl { .. } | SpecError::NotCniDeliverable(_)
                     )
                 })
-                .map_or("InvalidSpec", SpecError::reason),
+                .map_or(reason::INVALID_SPEC, SpecError::reason),
             format!("the policy is invalid, none of its sysctls is applied: {all}"),
         ),
     }
@@ -199,19 +126,16 @@ pub fn plan(
             ..Default::default()
         };
     }
-    let ours = previously_injected(pod);
-    let is_ours = |n: &String, v: &String| ours.get(n).is_some_and(|o| sysctl::values_equal(o, v));
-    let carried: Vec<(String, String)> = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.security_context.as_ref())
-        .and_then(|sc| sc.sysctls.as_ref())
-        .map(|l| {
-            l.iter()
-                .map(|s| (sysctl::normalize_name(&s.name), s.value.clone()))
-                .collect()
-        })
+    // What a previous invocation injected into securityContext (per the decision annotation)
+    // is ours on re-invocation, not the pod's own: needed for idempotency.
+    let ours = kubetune_crds::pod::decision(pod)
+        .map(|d| d.injected_into_security_context())
         .unwrap_or_default();
+    let is_ours = |n: &String, v: &String| ours.get(n).is_some_and(|o| sysctl::values_equal(o, v));
+    let carried: Vec<(String, String)> = kubetune_crds::pod::sysctls(pod)
+        .into_iter()
+        .map(|(n, v)| (sysctl::normalize_name(&n), v))
+        .collect();
     let mut own: BTreeMap<String, String> = carried
         .iter()
         .filter(|(n, v)| !is_ours(n, v))
@@ -242,14 +166,18 @@ fn plan_with_own(
 ) -> Plan {
     let mut out = Plan::default();
     out.decision.version = DECISION_VERSION;
-    let ctx = pod_context(pod, ns);
-    let networks_problem: Option<String> = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(MULTUS_NETWORKS_ANNOTATION))
-        .and_then(|raw| crate::patch::parse_networks(raw).err())
-        .map(|e| e.to_string());
+    let ctx = PlanContext {
+        pod: pod_context(pod, ns),
+        facts,
+        own,
+        networks_problem: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MULTUS_NETWORKS_ANNOTATION))
+            .and_then(|raw| crate::networks::parse_networks(raw).err())
+            .map(|e| e.to_string()),
+    };
     let mut claimed: BTreeMap<String, String> = BTreeMap::new(); // sysctl -> policy that set it
     let mut refs = BTreeSet::new();
     for p in matching.iter().copied() {
@@ -261,90 +189,31 @@ fn plan_with_own(
         });
         let spec_errors = validate_spec(&p.spec);
         for (sysctl, value) in desired_sysctls(&p.spec) {
-            let entry = |outcome, delivery, reason: &str, message: String| DecisionEntry {
+            let (outcome, delivery, reason, message) = if spec_errors.is_empty() {
+                ctx.step(p, &sysctl, &value, &claimed)
+            } else {
+                let (reason, message) = invalid_spec_refusal(&sysctl, &spec_errors);
+                (Outcome::Refused, None, reason, message)
+            };
+            if outcome == Outcome::Injected {
+                // `value` is canonical (desired_sysctls): injected and recorded alike.
+                match delivery {
+                    Some(DeliveryDecision::TuningCni) => &mut out.tuning_cni,
+                    _ => &mut out.security_context,
+                }
+                .insert(sysctl.clone(), value.clone());
+                claimed.insert(sysctl.clone(), name.clone());
+            }
+            out.decision.entries.push(DecisionEntry {
                 policy: name.clone(),
                 generation,
-                sysctl: sysctl.clone(),
-                value: value.clone(),
+                sysctl,
+                value,
                 outcome,
                 delivery,
                 reason: reason.to_string(),
                 message,
-            };
-            if !spec_errors.is_empty() {
-                let (reason, message) = invalid_spec_refusal(&sysctl, &spec_errors);
-                out.decision
-                    .entries
-                    .push(entry(Outcome::Refused, None, reason, message));
-                continue;
-            }
-            if let Some(winner) = claimed.get(&sysctl) {
-                out.decision.entries.push(entry(
-                    Outcome::Overridden,
-                    None,
-                    "OverriddenByPolicy",
-                    format!("policy {winner} sets {sysctl} with higher precedence"),
-                ));
-                continue;
-            }
-            if let Some(v) = own.get(&sysctl) {
-                out.decision.entries.push(entry(
-                    Outcome::PodValueKept,
-                    None,
-                    "PodValueKept",
-                    format!("the pod sets {sysctl}={v} itself; kubetune never overwrites it"),
-                ));
-                continue;
-            }
-            let decided = decide(&sysctl, &value, p.spec.delivery, facts, &ctx);
-            let decided = match (decided, &networks_problem) {
-                (Ok(d), Some(problem)) if d.how == DeliveryDecision::TuningCni => {
-                    out.decision.entries.push(entry(
-                        Outcome::Refused,
-                        None,
-                        "TuningCNIUnavailable",
-                        format!(
-                            "{sysctl} would go through tuning CNI, but the pod's \
-                             {MULTUS_NETWORKS_ANNOTATION} annotation is unreadable ({problem}); \
-                             kubetune does not rewrite it"
-                        ),
-                    ));
-                    continue;
-                }
-                (d, _) => d,
-            };
-            match decided {
-                Ok(d) if p.spec.mode == Mode::DryRun => {
-                    out.decision.entries.push(entry(
-                        Outcome::WouldInject,
-                        Some(d.how),
-                        d.reason,
-                        format!("DryRun: {}", d.message),
-                    ));
-                }
-                Ok(d) => {
-                    // `value` is canonical (desired_sysctls): injected and recorded alike.
-                    match d.how {
-                        DeliveryDecision::TuningCni => {
-                            out.tuning_cni.insert(sysctl.clone(), value.clone())
-                        }
-                        _ => out.security_context.insert(sysctl.clone(), value.clone()),
-                    };
-                    claimed.insert(sysctl.clone(), name.clone());
-                    out.decision.entries.push(entry(
-                        Outcome::Injected,
-                        Some(d.how),
-                        d.reason,
-                        d.message,
-                    ));
-                }
-                Err(r) => out.decision.entries.push(entry(
-                    Outcome::Refused,
-                    None,
-                    r.reason(),
-                    r.to_string(),
-                )),
-            }
+            });
         }
     }
     out.decision.policies = refs.into_iter().collect();
@@ -352,4 +221,67 @@ fn plan_with_own(
         out.tuning_network = facts.tuning_cni.as_ref().map(|t| t.network_name.clone());
     }
     out
+}
+
+/// What one planning pass knows about the pod besides the policies.
+struct PlanContext<'a> {
+    pod: PodContext,
+    facts: &'a ClusterFacts,
+    /// The pod's own sysctls (never overwritten).
+    own: &'a BTreeMap<String, String>,
+    /// Why the pod's Multus selection annotation is unreadable, if it is.
+    networks_problem: Option<String>,
+}
+
+/// One decision entry's outcome, delivery, reason and message.
+type Step = (Outcome, Option<DeliveryDecision>, &'static str, String);
+
+impl PlanContext<'_> {
+    /// Rules 2-5 of [`plan`] for one desired sysctl of a valid policy; `claimed` maps the
+    /// sysctls already set by higher-precedence policies to those policies.
+    fn step(
+        &self,
+        p: &TuningPolicy,
+        sysctl: &str,
+        value: &str,
+        claimed: &BTreeMap<String, String>,
+    ) -> Step {
+        if let Some(winner) = claimed.get(sysctl) {
+            return (
+                Outcome::Overridden,
+                None,
+                reason::OVERRIDDEN_BY_POLICY,
+                format!("policy {winner} sets {sysctl} with higher precedence"),
+            );
+        }
+        if let Some(v) = self.own.get(sysctl) {
+            return (
+                Outcome::PodValueKept,
+                None,
+                reason::POD_VALUE_KEPT,
+                format!("the pod sets {sysctl}={v} itself; kubetune never overwrites it"),
+            );
+        }
+        match decide(sysctl, value, p.spec.delivery, self.facts, &self.pod) {
+            Ok(d) if d.how == DeliveryDecision::TuningCni && self.networks_problem.is_some() => (
+                Outcome::Refused,
+                None,
+                reason::TUNING_CNI_UNAVAILABLE,
+                format!(
+                    "{sysctl} would go through tuning CNI, but the pod's \
+                     {MULTUS_NETWORKS_ANNOTATION} annotation is unreadable ({}); \
+                     kubetune does not rewrite it",
+                    self.networks_problem.as_deref().unwrap_or_default()
+                ),
+            ),
+            Ok(d) if p.spec.mode == Mode::DryRun => (
+                Outcome::WouldInject,
+                Some(d.how),
+                d.reason,
+                format!("DryRun: {}", d.message),
+            ),
+            Ok(d) => (Outcome::Injected, Some(d.how), d.reason, d.message),
+            Err(r) => (Outcome::Refused, None, r.reason(), r.to_string()),
+        }
+    }
 }

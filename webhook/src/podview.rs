@@ -6,7 +6,7 @@
 //! `securityContext` and `sysctls` are present, which the patch depends on. Everything else is
 //! skipped without being materialised.
 //!
-//! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::to_pod`] gives an
+//! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::into_pod`] gives an
 //! ordinary `Pod` with just those fields, so the planner and the patch builder keep their typed
 //! API.
 
@@ -93,8 +93,8 @@ impl PodSubset {
             .map(String::as_str)
     }
     /// An ordinary `Pod` carrying just these fields.
-    pub fn to_pod(&self) -> Pod {
-        let m = self.metadata.clone().unwrap_or_default();
+    pub fn into_pod(self) -> Pod {
+        let m = self.metadata.unwrap_or_default();
         Pod {
             metadata: ObjectMeta {
                 name: m.name,
@@ -104,16 +104,16 @@ impl PodSubset {
                 annotations: m.annotations,
                 ..Default::default()
             },
-            spec: self.spec.as_ref().map(|s| PodSpec {
+            spec: self.spec.map(|s| PodSpec {
                 host_network: s.host_network,
                 host_ipc: s.host_ipc,
-                node_selector: s.node_selector.clone(),
-                security_context: s.security_context.as_ref().map(|sc| PodSecurityContext {
-                    sysctls: sc.sysctls.as_ref().map(|l| {
-                        l.iter()
+                node_selector: s.node_selector,
+                security_context: s.security_context.map(|sc| PodSecurityContext {
+                    sysctls: sc.sysctls.map(|l| {
+                        l.into_iter()
                             .map(|x| Sysctl {
-                                name: x.name.clone(),
-                                value: x.value.clone(),
+                                name: x.name,
+                                value: x.value,
                             })
                             .collect()
                     }),
@@ -130,9 +130,4 @@ impl PodSubset {
 /// the wrong type (or the document is not an object); other fields are not looked at.
 pub fn decode_subset(json: &str) -> Result<PodSubset, serde_json::Error> {
     serde_json::from_str(json)
-}
-
-/// [`decode_subset`] as a `Pod`.
-pub fn decode_pod(json: &str) -> Result<Pod, serde_json::Error> {
-    decode_subset(json).map(|s| s.to_pod())
 }

@@ -16,6 +16,7 @@ use warp::Filter;
 
 use crate::admission::{self, Config, Snapshot};
 use crate::metrics::Metrics;
+use crate::review::{Answer, NotJson};
 
 /// Where the handlers get their view of the cluster.
 pub trait SnapshotSource: Send + Sync + 'static {
@@ -53,7 +54,7 @@ pub const MAX_BODY: u64 = 6 * 1024 * 1024;
 fn reply(
     state: &State,
     endpoint: &str,
-    result: Result<admission::MutateAnswer, admission::NotJson>,
+    result: Result<Answer, NotJson>,
     started: Instant,
 ) -> warp::reply::Response {
     use warp::Reply;
@@ -109,14 +110,7 @@ pub fn routes(
         .and(with_state.clone())
         .map(|body: Bytes, s: Arc<State>| {
             let t = Instant::now();
-            let r = admission::validate(&body).map(|r| admission::MutateAnswer {
-                body: serde_json::to_vec(&admission::to_wire(&r.review))
-                    .unwrap_or_default()
-                    .into(),
-                outcome: r.outcome,
-                delivered: r.delivered,
-                memo_hit: false,
-            });
+            let r = admission::validate(&body);
             reply(&s, "validate", r, t)
         });
     let healthz = warp::get()

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use kubetune_test_support::client;
 use kubetune_webhook::admission::{Config, Snapshot};
 use kubetune_webhook::metrics::Metrics;
 use kubetune_webhook::server::{routes, serve_tls, SnapshotSource, State, StaticSource};
-use kubetune_webhook::{client, tls};
+use kubetune_webhook::tls;
 use serde_json::{json, Value};
 
 fn state(policies: Vec<kubetune_crds::TuningPolicy>) -> Arc<State> {

@@ -4,27 +4,14 @@
 mod common;
 
 use common::*;
-use kubetune_webhook::admission::{
-    mutate, Config, MutateAnswer, Snapshot, MEMO_CAPACITY, MEMO_MAX_BYTES,
-};
-use kubetune_webhook::plan::NamespaceFacts;
+use kubetune_webhook::admission::{mutate, Config, Snapshot};
+use kubetune_webhook::memo::{MEMO_CAPACITY, MEMO_MAX_BYTES};
+use kubetune_webhook::review::Answer;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 fn snapshot(policies: Vec<kubetune_crds::TuningPolicy>) -> Snapshot {
-    Snapshot {
-        policies,
-        namespaces: [(
-            "shop".to_string(),
-            NamespaceFacts {
-                name: "shop".into(),
-                labels: Default::default(),
-            },
-        )]
-        .into(),
-        facts: facts(false),
-        ..Default::default()
-    }
+    kubetune_test_support::webhook::snapshot(policies, facts(false))
 }
 
 fn policies() -> Vec<kubetune_crds::TuningPolicy> {
@@ -47,15 +34,13 @@ fn replica(extra: Value) -> Value {
     p
 }
 
-fn send(snap: &Snapshot, cfg: &Config, object: &Value, uid: &str) -> MutateAnswer {
-    let mut r = review(&pod(json!({})), uid);
-    r["request"]["object"] = object.clone();
-    r["request"]["namespace"] = object["metadata"]["namespace"].clone();
+fn send(snap: &Snapshot, cfg: &Config, object: &Value, uid: &str) -> Answer {
+    let r = review_of("Pod", &object["metadata"]["namespace"], object, uid);
     mutate(r.to_string().as_bytes(), snap, cfg).unwrap()
 }
 
 /// The answer with its uid blanked, to compare answers to different requests.
-fn without_uid(a: &MutateAnswer) -> Value {
+fn without_uid(a: &Answer) -> Value {
     let mut v = a.json();
     v["response"]["uid"] = json!("");
     v
@@ -137,7 +122,7 @@ fn another_snapshot_does_not_see_old_answers() {
     let new = snapshot(changed);
     let after = send(&new, &cfg, &obj, "b");
     assert!(!after.memo_hit);
-    let sysctls = |a: &MutateAnswer| {
+    let sysctls = |a: &Answer| {
         let mut doc = obj.clone();
         json_patch::patch(&mut doc, &a.patch().unwrap()).unwrap();
         doc["spec"]["securityContext"]["sysctls"].clone()

@@ -9,7 +9,8 @@ use kubetune_crds::decision::{
 };
 use kubetune_crds::facts::ClusterFacts;
 use kubetune_crds::policy::TuningPolicy;
-use kubetune_webhook::patch::{build_patch, parse_networks};
+use kubetune_webhook::networks::parse_networks;
+use kubetune_webhook::patch::build_patch;
 use kubetune_webhook::plan::{plan, NamespaceFacts};
 use serde_json::{json, Value};
 

@@ -12,6 +12,7 @@
 //! * [`Tier::SockDiag`]: no eBPF at all (the agent's fallback mode; never returned by
 //!   `Probe::load`, which errors instead).
 
+pub mod memlock;
 pub mod offsets;
 
 use std::collections::HashMap;
@@ -24,7 +25,8 @@ use aya::{
 use kubetune_probe_common::{
     Event, ListenInfo, ListenerKey, OverflowCounts, STAT_ACK_OVERFLOW, STAT_CLOSE, STAT_COUNT,
     STAT_EVENTS_LOST, STAT_LISTEN_ENTER, STAT_LISTEN_OK, STAT_LISTEN_RESOLVE_FAIL,
-    STAT_OVERFLOW_UNATTRIBUTED, STAT_SYN_OVERFLOW,
+    STAT_OVERFLOW_EVENTS, STAT_OVERFLOW_EVENTS_SUPPRESSED, STAT_OVERFLOW_UNATTRIBUTED,
+    STAT_SYN_OVERFLOW,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -133,6 +135,10 @@ pub struct ProbeStats {
     pub unattributed_overflows: u64,
     /// Ring-buffer events lost.
     pub events_lost: u64,
+    /// Overflow events sent (at most one per listener per 100 ms).
+    pub overflow_events: u64,
+    /// Overflows that sent no event (rate limit).
+    pub overflow_events_suppressed: u64,
 }
 
 /// The loaded and attached kernel programs. Dropping it detaches and unloads everything.
@@ -172,6 +178,7 @@ impl Probe {
         if !has_bpf_caps() {
             return Err(ProbeError::NotPermitted);
         }
+        memlock::raise_and_log();
         let tracefs = offsets::tracefs_root().ok_or(ProbeError::NoTracefs)?;
         let kbtf = offsets::KernelBtf::load()?;
         let offs = offsets::compute(&kbtf, &tracefs)?;
@@ -192,81 +199,8 @@ impl Probe {
             .override_global("OFFSETS", &offs, true)
             .load(PROBE_OBJECT)?;
 
-        let mut hooks = Vec::new();
-        let mut attach_tp =
-            |ebpf: &mut Ebpf, prog: &str, hook: &'static str, cat: &str, name: &str| {
-                let r: Result<(), String> = (|| {
-                    let p: &mut TracePoint = ebpf
-                        .program_mut(prog)
-                        .ok_or("program missing from object")?
-                        .try_into()
-                        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-                    p.load().map_err(|e| format!("load: {e}"))?;
-                    p.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
-                    Ok(())
-                })();
-                hooks.push(HookStatus {
-                    hook,
-                    attached: r.is_ok(),
-                    error: r.err(),
-                });
-            };
-        attach_tp(
-            &mut ebpf,
-            "kt_enter_listen",
-            HOOK_ENTER,
-            "syscalls",
-            "sys_enter_listen",
-        );
-        attach_tp(
-            &mut ebpf,
-            "kt_exit_listen",
-            HOOK_EXIT,
-            "syscalls",
-            "sys_exit_listen",
-        );
-        attach_tp(
-            &mut ebpf,
-            "kt_sock_set_state",
-            HOOK_STATE,
-            "sock",
-            "inet_sock_set_state",
-        );
-
-        let r: Result<(), String> = (|| {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut("kt_kfree_skb")
-                .ok_or("program missing from object")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            p.load("kfree_skb", &btf)
-                .map_err(|e| format!("load: {e}"))?;
-            p.attach().map_err(|e| format!("attach: {e}"))?;
-            Ok(())
-        })();
-        hooks.push(HookStatus {
-            hook: HOOK_KFREE,
-            attached: r.is_ok(),
-            error: r.err(),
-        });
-
-        let r: Result<(), String> = (|| {
-            let p: &mut FEntry = ebpf
-                .program_mut("kt_tcp_conn_request")
-                .ok_or("program missing from object")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            p.load("tcp_conn_request", &btf)
-                .map_err(|e| format!("load: {e:#}"))?;
-            p.attach().map_err(|e| format!("attach: {e}"))?;
-            Ok(())
-        })();
-        let fentry_ok = r.is_ok();
-        hooks.push(HookStatus {
-            hook: HOOK_FENTRY,
-            attached: fentry_ok,
-            error: r.err(),
-        });
+        let hooks = attach_hooks(&mut ebpf, &btf);
+        let fentry_ok = hooks.iter().any(|h| h.hook == HOOK_FENTRY && h.attached);
 
         for h in &hooks {
             match &h.error {
@@ -292,7 +226,7 @@ impl Probe {
                 .map_err(|e| warn!(error = %e, "EVENTS ring buffer"))
                 .ok()
         });
-        info!(tier = tier.as_str(), "probe loaded");
+        info!(tier = tier.as_str(), reason = %tier_reason(tier, &hooks, None), "probe loaded");
         drop(btf);
         drop(kbtf);
         release_heap();
@@ -364,7 +298,28 @@ impl Probe {
             syn_phase_overflows: v[STAT_SYN_OVERFLOW as usize],
             unattributed_overflows: v[STAT_OVERFLOW_UNATTRIBUTED as usize],
             events_lost: v[STAT_EVENTS_LOST as usize],
+            overflow_events: v[STAT_OVERFLOW_EVENTS as usize],
+            overflow_events_suppressed: v[STAT_OVERFLOW_EVENTS_SUPPRESSED as usize],
         })
+    }
+
+    /// Run time and run count of each attached program, as the kernel accounts them while
+    /// BPF statistics are enabled (`BPF_ENABLE_STATS`, e.g. [`aya::sys::enable_stats`];
+    /// zeros otherwise). Used to measure the probes' own cost.
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
+    /// Hands the event ring buffer (listen, close and overflow events) to the caller, which
+    /// then waits on it (it is pollable); [`Probe::drain_events`] returns nothing afterwards.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
     }
 
     /// Takes every pending listen/close event out of the ring buffer.
@@ -372,14 +327,42 @@ impl Probe {
         let mut out = Vec::new();
         if let Some(rb) = self.events.as_mut() {
             while let Some(item) = rb.next() {
-                if item.len() >= std::mem::size_of::<Event>() {
-                    // SAFETY: the kernel wrote an `Event` (repr(C), Pod); unaligned read.
-                    let ev = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                    out.push(ev);
-                }
+                out.extend(decode_event(&item));
             }
         }
         out
+    }
+}
+
+/// One ring-buffer record as the kernel wrote it (`None` when too short).
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    (bytes.len() >= std::mem::size_of::<Event>()).then(|| {
+        // SAFETY: the kernel wrote an `Event` (repr(C), Pod) of this size; unaligned read.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) }
+    })
+}
+
+/// Why the agent runs `tier` (pure; logged at startup): for the eBPF tiers from the hooks'
+/// statuses, for the fallback from `fallback` (the load error or `--no-ebpf`).
+pub fn tier_reason(tier: Tier, hooks: &[HookStatus], fallback: Option<&str>) -> String {
+    match tier {
+        Tier::EbpfFentry => {
+            format!("{HOOK_FENTRY} attached: SYN- and ACK-phase overflows are counted in-kernel")
+        }
+        Tier::EbpfTracepoint => {
+            let why = hooks
+                .iter()
+                .find(|h| h.hook == HOOK_FENTRY)
+                .and_then(|h| h.error.as_deref())
+                .unwrap_or("not attempted");
+            format!(
+                "{HOOK_FENTRY} not attached ({why}): ACK-phase overflows in-kernel, SYN-phase ones from the listener's sk_drops"
+            )
+        }
+        Tier::SockDiag => format!(
+            "no eBPF ({}): queues, backlogs and drops from sock_diag and procfs",
+            fallback.unwrap_or("reason unknown")
+        ),
     }
 }
 
@@ -409,5 +392,86 @@ fn map_err(map: &'static str, e: aya::maps::MapError) -> ProbeError {
     ProbeError::Map {
         map,
         msg: e.to_string(),
+    }
+}
+
+/// Loads and attaches every program of the object; one status per hook (failures are recorded,
+/// not returned: which hooks are required is the caller's rule).
+fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf) -> Vec<HookStatus> {
+    let status = |hook: &'static str, r: Result<(), String>| HookStatus {
+        hook,
+        attached: r.is_ok(),
+        error: r.err(),
+    };
+    let mut hooks = Vec::new();
+    for (prog, hook, cat, name) in [
+        (
+            "kt_enter_listen",
+            HOOK_ENTER,
+            "syscalls",
+            "sys_enter_listen",
+        ),
+        ("kt_exit_listen", HOOK_EXIT, "syscalls", "sys_exit_listen"),
+        (
+            "kt_sock_set_state",
+            HOOK_STATE,
+            "sock",
+            "inet_sock_set_state",
+        ),
+    ] {
+        let r = program::<TracePoint>(ebpf, prog).and_then(|p| {
+            p.load().map_err(|e| format!("load: {e}"))?;
+            p.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        });
+        hooks.push(status(hook, r));
+    }
+    let r = program::<BtfTracePoint>(ebpf, "kt_kfree_skb").and_then(|p| {
+        p.load("kfree_skb", btf).map_err(|e| format!("load: {e}"))?;
+        p.attach().map_err(|e| format!("attach: {e}"))?;
+        Ok(())
+    });
+    hooks.push(status(HOOK_KFREE, r));
+    let r = program::<FEntry>(ebpf, "kt_tcp_conn_request").and_then(|p| {
+        p.load("tcp_conn_request", btf)
+            .map_err(|e| format!("load: {e:#}"))?;
+        p.attach().map_err(|e| format!("attach: {e}"))?;
+        Ok(())
+    });
+    hooks.push(status(HOOK_FENTRY, r));
+    hooks
+}
+
+/// The program `name` of the object as program type `P`.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| "program missing from object".to_string())?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_reasons_name_the_cause() {
+        let fentry_refused = [HookStatus {
+            hook: HOOK_FENTRY,
+            attached: false,
+            error: Some("load: EPERM".into()),
+        }];
+        let r = tier_reason(Tier::EbpfTracepoint, &fentry_refused, None);
+        assert!(
+            r.contains("fentry/tcp_conn_request not attached (load: EPERM)"),
+            "{r}"
+        );
+        let r = tier_reason(Tier::SockDiag, &[], Some("no CAP_BPF"));
+        assert!(r.starts_with("no eBPF (no CAP_BPF)"), "{r}");
+        let r = tier_reason(Tier::EbpfFentry, &[], None);
+        assert!(r.contains("attached"), "{r}");
     }
 }

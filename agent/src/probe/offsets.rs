@@ -302,8 +302,11 @@ mod tests {
 
     #[test]
     fn kernel_btf_offsets_when_available() {
-        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-            eprintln!("skipping: no /sys/kernel/btf/vmlinux");
+        let btf_file = Path::new("/sys/kernel/btf/vmlinux").exists();
+        if !kubetune_test_support::test_env::require(
+            "kernel BTF (/sys/kernel/btf/vmlinux)",
+            btf_file,
+        ) {
             return;
         }
         let btf = KernelBtf::load().unwrap();

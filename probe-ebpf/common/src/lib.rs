@@ -13,6 +13,12 @@
 pub const EVENT_LISTEN: u32 = 1;
 /// Event kind in [`Event::kind`]: a TCP listener went LISTEN → CLOSE.
 pub const EVENT_CLOSE: u32 = 2;
+/// Event kind in [`Event::kind`]: a listener's accept queue overflowed (only `info.key` and
+/// `info.ts_ns` are set). Rate-limited in the kernel to one per listener per
+/// [`OVERFLOW_EVENT_GAP_NS`]; the counts themselves are in the `OVERFLOWS` map.
+pub const EVENT_OVERFLOW: u32 = 3;
+/// Minimum gap between two [`EVENT_OVERFLOW`] events of one listener (100 ms).
+pub const OVERFLOW_EVENT_GAP_NS: u64 = 100_000_000;
 
 /// `AF_INET`.
 pub const AF_INET: u16 = 2;
@@ -35,8 +41,12 @@ pub const STAT_SYN_OVERFLOW: u32 = 5;
 pub const STAT_OVERFLOW_UNATTRIBUTED: u32 = 6;
 /// Ring-buffer events dropped because the ring was full.
 pub const STAT_EVENTS_LOST: u32 = 7;
+/// [`EVENT_OVERFLOW`] events sent.
+pub const STAT_OVERFLOW_EVENTS: u32 = 8;
+/// Overflows that sent no event (another event for the listener within the gap).
+pub const STAT_OVERFLOW_EVENTS_SUPPRESSED: u32 = 9;
 /// Number of slots in the `STATS` array.
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 10;
 
 /// Identity of one listening socket: network namespace + local address/port.
 ///
@@ -88,7 +98,7 @@ pub struct ListenInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// [`EVENT_LISTEN`] or [`EVENT_CLOSE`].
+    /// [`EVENT_LISTEN`], [`EVENT_CLOSE`] or [`EVENT_OVERFLOW`].
     pub kind: u32,
     /// Explicit padding.
     pub _pad: u32,

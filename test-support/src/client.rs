@@ -1,4 +1,5 @@
-//! A minimal HTTPS/1.1 keep-alive client (tests, benchmark, local demo) trusting one CA.
+//! A minimal HTTPS/1.1 keep-alive client trusting one CA: how the tests, the benchmark and the
+//! local demo talk to the real webhook server.
 
 use std::sync::Arc;
 

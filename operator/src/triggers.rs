@@ -1,0 +1,249 @@
+//! Which changes reconcile which objects (the controllers' mapper functions), the watch of the
+//! cluster-facts ConfigMap, and what the operator keeps of a pod.
+
+use std::sync::{Arc, RwLock};
+
+use futures::{future, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::{Resource, ResourceExt};
+use kubetune_crds::facts::{ClusterFacts, FACTS_CONFIGMAP};
+use kubetune_crds::matching;
+use kubetune_crds::policy::TuningPolicy;
+use kubetune_crds::report::ListenerReport;
+use tracing::{info, warn};
+
+/// Names of the policies (same namespace, not being deleted) whose selector matches `pod`.
+pub fn selecting_policies(policies: &[Arc<TuningPolicy>], pod: &Pod) -> Vec<String> {
+    matching::selecting_names(pod, policies)
+}
+
+/// Policies to reconcile when `pod` changed: those of its namespace that select it, plus those
+/// named in its admission record (covers label changes that made a policy stop selecting it).
+pub fn policies_for_pod(policies: &[Arc<TuningPolicy>], pod: &Pod) -> Vec<ObjectRef<TuningPolicy>> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut names = selecting_policies(policies, pod);
+    if let Some(d) = kubetune_crds::pod::decision(pod) {
+        names.extend(d.policies.into_iter().map(|p| p.name));
+    }
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| ObjectRef::new(&n).within(&ns))
+        .collect()
+}
+
+/// Every object of `store` in namespace `ns`.
+pub fn refs_in<K>(store: &Store<K>, ns: Option<&str>) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == ns)
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+/// Policies to reconcile when report `r` changed: those of its pod ([`policies_for_pod`]).
+pub fn policies_for_report(
+    policies: &Store<TuningPolicy>,
+    pods: &Store<Pod>,
+    r: &ListenerReport,
+) -> Vec<ObjectRef<TuningPolicy>> {
+    let pod = pods.get(&ObjectRef::new(&r.name_any()).within(&r.namespace().unwrap_or_default()));
+    pod.map(|p| policies_for_pod(&policies.state(), &p))
+        .unwrap_or_default()
+}
+
+/// The report of `pod` (same name, same namespace).
+pub fn report_of(pod: &Pod) -> Option<ObjectRef<ListenerReport>> {
+    Some(ObjectRef::new(&pod.name_any()).within(&pod.namespace()?))
+}
+
+/// The facts ConfigMap's watch: keeps `facts` current and yields once per actual change.
+pub fn facts_updates(
+    api: Api<ConfigMap>,
+    facts: Arc<RwLock<ClusterFacts>>,
+) -> impl Stream<Item = ()> + Send {
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={FACTS_CONFIGMAP}"));
+    watcher(api, cfg).default_backoff().filter_map(move |e| {
+        let update = match e {
+            Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => Some(parse_facts(Some(&cm))),
+            Ok(watcher::Event::Delete(_)) => Some(parse_facts(None)),
+            Ok(_) => None,
+            Err(err) => {
+                warn!(error = %err, "facts ConfigMap watch error");
+                None
+            }
+        };
+        let changed = update.is_some_and(|f| {
+            let mut current = facts.write().unwrap_or_else(|e| e.into_inner());
+            let changed = *current != f;
+            if changed {
+                info!(tuning_cni = f.tuning_cni.is_some(), version = %f.kubernetes_version, "cluster facts updated");
+                *current = f;
+            }
+            changed
+        });
+        future::ready(changed.then_some(()))
+    })
+}
+
+/// Keep only what the operator reads from a pod (metadata without managed fields; of the spec
+/// the node and `securityContext.sysctls`, which prove "applied"; phase, start time, and the
+/// reason and message that say `SysctlForbidden`): a 10,000-pod cluster costs a fraction of the
+/// full objects in memory.
+pub fn slim_pod(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, PodStatus};
+    pod.metadata.managed_fields = None;
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        security_context: s.security_context.and_then(|sc| sc.sysctls).map(|sysctls| {
+            PodSecurityContext {
+                sysctls: Some(sysctls),
+                ..Default::default()
+            }
+        }),
+        ..Default::default()
+    });
+    if let Some(s) = pod.status.as_mut() {
+        *s = PodStatus {
+            phase: s.phase.take(),
+            start_time: s.start_time.take(),
+            // Rollouts: SysctlForbidden rejections and crash-looping pods stop restarts; the guard
+            // reads the reason and message.
+            reason: s.reason.take(),
+            message: s.message.take(),
+            container_statuses: s.container_statuses.take().map(slim_container_statuses),
+            ..Default::default()
+        };
+    }
+}
+
+/// A container's waiting reason only (what [`crate::rollout::pod_is_failing`] reads).
+fn slim_container_statuses(
+    cs: Vec<k8s_openapi::api::core::v1::ContainerStatus>,
+) -> Vec<k8s_openapi::api::core::v1::ContainerStatus> {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus};
+    cs.into_iter()
+        .filter_map(|c| {
+            let reason = c.state?.waiting?.reason;
+            Some(ContainerStatus {
+                name: c.name,
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason,
+                        message: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Facts from the ConfigMap (defaults when missing or invalid, logged).
+pub fn parse_facts(cm: Option<&ConfigMap>) -> ClusterFacts {
+    ClusterFacts::from_configmap(cm).unwrap_or_else(|e| {
+        warn!(error = %e, "cluster facts unusable; using defaults (no unsafe sysctls, no tuning CNI)");
+        ClusterFacts::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+
+    fn store<K>(objs: Vec<K>) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (reader, mut writer) = reflector::store::<K>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for o in objs {
+            writer.apply_watcher_event(&watcher::Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        reader
+    }
+    fn policy(ns: &str, name: &str, app: &str) -> TuningPolicy {
+        let mut p: TuningPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": kubetune_crds::API_VERSION, "kind": "TuningPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"podSelector": {"matchLabels": {"app": app}}, "preset": "WideEphemeralPorts"}
+        }))
+        .unwrap();
+        p.metadata.generation = Some(1);
+        p
+    }
+    fn pod(ns: &str, name: &str, app: &str, record: Option<&str>) -> Pod {
+        let mut v = serde_json::json!({"metadata": {"name": name, "namespace": ns, "labels": {"app": app}}});
+        if let Some(r) = record {
+            v["metadata"]["annotations"] =
+                serde_json::json!({ kubetune_crds::decision::DECISION_ANNOTATION: r });
+        }
+        serde_json::from_value(v).unwrap()
+    }
+    fn names<K: Resource<DynamicType = ()>>(refs: Vec<ObjectRef<K>>) -> Vec<String> {
+        refs.into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+            .collect()
+    }
+
+    #[test]
+    fn mappers_table() {
+        let record = r#"{"version":1,"policies":[{"name":"old","generation":1}],"entries":[]}"#;
+        let policies = store(vec![
+            policy("shop", "web", "web"),
+            policy("shop", "api", "api"),
+            policy("other", "web", "web"),
+        ]);
+        let pods = store(vec![
+            pod("shop", "web-1", "web", Some(record)),
+            pod("shop", "api-1", "api", None),
+        ]);
+        let report = |ns: &str, name: &str| -> ListenerReport {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": kubetune_crds::API_VERSION, "kind": "ListenerReport",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"podUid": "", "nodeName": "n", "listenerCount": 0, "overflowsTotal": 0,
+                         "overflowsRecent": 0, "diagnosis": "Healthy", "windowSeconds": 60,
+                         "source": "sock-diag", "observedAt": ""}
+            }))
+            .unwrap()
+        };
+        // A pod maps to the policies selecting it and those its record names.
+        let web1 = pods.get(&ObjectRef::new("web-1").within("shop")).unwrap();
+        assert_eq!(
+            names(policies_for_pod(&policies.state(), &web1)),
+            ["shop/old", "shop/web"]
+        );
+        // A report maps to its pod's policies; without a pod, to nothing.
+        assert_eq!(
+            names(policies_for_report(
+                &policies,
+                &pods,
+                &report("shop", "api-1")
+            )),
+            ["shop/api"]
+        );
+        assert!(policies_for_report(&policies, &pods, &report("shop", "gone")).is_empty());
+        // A namespace maps to its policies.
+        let mut in_shop = names(refs_in(&policies, Some("shop")));
+        in_shop.sort();
+        assert_eq!(in_shop, ["shop/api", "shop/web"]);
+        assert_eq!(
+            names(report_of(&web1).into_iter().collect()),
+            ["shop/web-1"]
+        );
+        assert_eq!(selecting_policies(&policies.state(), &web1), ["web"]);
+    }
+}
