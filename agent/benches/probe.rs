@@ -1,14 +1,16 @@
 //! kubetune-agent benchmarks (not timed tests; run as root): `cargo bench -p kubetune-agent --bench probe`
 //!
-//! 1. Probe overhead: loopback connect/accept/close inside a scratch netns, probe attached vs
-//!    detached in `KT_BENCH_ROUNDS` (default 30) alternating rounds: the workload's CPU per
-//!    connection (ratio with a 95 % interval) and the probes' own kernel-accounted run time
-//!    (BPF_ENABLE_STATS) per connection and per program (target: overhead <= 1 %).
+//! 1. Probe overhead: loopback connect/accept/close inside a scratch netns, probe detached vs
+//!    attached (all hooks, and each hook alone) in `KT_BENCH_ROUNDS` (default 20) rounds: the
+//!    workload's CPU per connection (ratio with a 95 % interval) and the probes' own
+//!    kernel-accounted run time (BPF_ENABLE_STATS) per connection and per program (target:
+//!    overhead <= 1 %).
 //! 2. Agent footprint: 100 netns x 10 listeners, the release `kubetune-agent scan` sampling every
-//!    5 s; prints RSS (VmRSS / VmHWM) and CPU (% of one core) after start-up (targets <= 32 MiB,
-//!    <= 1 %).
+//!    5 s with a full resync every 60 s; prints RSS (VmRSS / VmHWM) and CPU (% of one core) over
+//!    60 s after start-up, which includes one full resync (targets <= 32 MiB, <= 1 %).
 //!
-//! Each part is bounded (< 60 s). Set `KT_BENCH_ONLY=overhead|footprint` to run one part.
+//! Each part is bounded (overhead ~80 s, footprint ~4 min for 3 runs). Set
+//! `KT_BENCH_ONLY=overhead|footprint` to run one part.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -167,9 +169,33 @@ fn bpf_totals(p: &Probe) -> Vec<(String, u64, u64)> {
     v
 }
 
-/// Probe overhead, two ways, over many alternating rounds (ABBA order, so drift cancels):
-/// (a) the workload's CPU time per connection with the probe attached vs detached (ratio per
-///     round, mean with a 95 % interval), and
+/// Which hooks a measured phase attaches (`Probe::load_selected`), by hook name.
+type HookFilter = fn(&str) -> bool;
+
+/// The attached variants measured against the detached phase of the same round: everything
+/// the agent attaches, and each hook alone (the per-hook split).
+const VARIANTS: [(&str, HookFilter); 3] = [
+    ("all hooks (what the agent attaches)", |_| true),
+    ("listen() syscall tracepoints only", |h| {
+        h.starts_with("tracepoint/syscalls/")
+    }),
+    ("tp_btf/kfree_skb only", |h| h == "tp_btf/kfree_skb"),
+];
+
+#[derive(Default)]
+struct VariantStats {
+    ratios: Vec<f64>,
+    shares: Vec<f64>,
+    per_prog: std::collections::BTreeMap<String, (u64, u64)>,
+    conns: u64,
+    cpu: f64,
+    hooks: Vec<String>,
+}
+
+/// Probe overhead, two ways, over many rounds; each round measures a detached phase and one
+/// phase per variant ([`VARIANTS`]) in an order reversed every other round (so drift cancels):
+/// (a) the workload's CPU time per connection with the variant attached vs detached in the
+///     same round (ratio per round, mean with a 95 % interval), and
 /// (b) the probes' own run time as the kernel accounts it (BPF_ENABLE_STATS) over the workload's
 ///     CPU time in the attached phases — a direct measurement, free of scheduling noise.
 fn overhead() {
@@ -178,87 +204,122 @@ fn overhead() {
     let rounds = std::env::var("KT_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30usize);
+        .unwrap_or(20usize);
     let settle = Duration::from_millis(200);
     let phase = Duration::from_millis(500);
     // Kernel accounting of every BPF program's run time while this fd is open.
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
     std::thread::sleep(Duration::from_secs(1));
-    let (mut ratios, mut shares) = (Vec::new(), Vec::new());
-    let mut per_prog: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    let (mut conns_a, mut cpu_a, mut conns_d, mut cpu_d) = (0u64, 0f64, 0u64, 0f64);
+    let mut stats: Vec<VariantStats> = VARIANTS.iter().map(|_| VariantStats::default()).collect();
+    let (mut conns_d, mut cpu_d) = (0u64, 0f64);
     let mut last_stats = None;
     for round in 0..rounds {
-        let detached = || {
-            std::thread::sleep(settle);
-            w.measure(phase)
-        };
-        let attached = || {
-            let probe = Probe::load().expect("probe must load for the overhead benchmark");
-            std::thread::sleep(settle);
-            let b0 = bpf_totals(&probe);
-            let (n, cpu) = w.measure(phase);
-            let b1 = bpf_totals(&probe);
-            (n, cpu, b0, b1, probe.stats().ok())
-        };
-        let (d, a) = if round % 4 == 0 || round % 4 == 3 {
-            let d = detached();
-            (d, attached())
-        } else {
-            let a = attached();
-            (detached(), a)
-        };
-        let (an, acpu, b0, b1, st) = a;
-        last_stats = st;
-        if d.0 == 0 || an == 0 {
+        // Phase order: detached, then the variants; reversed on odd rounds.
+        let mut order: Vec<Option<usize>> = std::iter::once(None)
+            .chain((0..VARIANTS.len()).map(Some))
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut detached = (0u64, 0f64);
+        let mut attached = Vec::new();
+        for v in order {
+            match v {
+                None => {
+                    std::thread::sleep(settle);
+                    detached = w.measure(phase);
+                }
+                Some(i) => {
+                    let probe = Probe::load_selected(&VARIANTS[i].1)
+                        .expect("probe must load for the overhead benchmark");
+                    std::thread::sleep(settle);
+                    let b0 = bpf_totals(&probe);
+                    let (n, cpu) = w.measure(phase);
+                    let b1 = bpf_totals(&probe);
+                    if stats[i].hooks.is_empty() {
+                        stats[i].hooks = probe
+                            .hooks()
+                            .iter()
+                            .filter(|h| h.attached)
+                            .map(|h| h.hook.to_string())
+                            .collect();
+                    }
+                    if i == 0 {
+                        last_stats = probe.stats().ok();
+                    }
+                    attached.push((i, n, cpu, b0, b1));
+                }
+            }
+        }
+        if detached.0 == 0 {
             continue;
         }
-        ratios.push((acpu / an as f64) / (d.1 / d.0 as f64));
-        let mut bpf_ns = 0u64;
-        for ((name, t0, c0), (_, t1, c1)) in b0.iter().zip(&b1) {
-            let e = per_prog.entry(name.clone()).or_default();
-            e.0 += t1 - t0;
-            e.1 += c1 - c0;
-            bpf_ns += t1 - t0;
+        conns_d += detached.0;
+        cpu_d += detached.1;
+        for (i, n, cpu, b0, b1) in attached {
+            if n == 0 {
+                continue;
+            }
+            let st = &mut stats[i];
+            st.ratios
+                .push((cpu / n as f64) / (detached.1 / detached.0 as f64));
+            let mut bpf_ns = 0u64;
+            for ((name, t0, c0), (_, t1, c1)) in b0.iter().zip(&b1) {
+                let e = st.per_prog.entry(name.clone()).or_default();
+                e.0 += t1 - t0;
+                e.1 += c1 - c0;
+                bpf_ns += t1 - t0;
+            }
+            st.shares.push(bpf_ns as f64 / 1e9 / cpu);
+            st.conns += n;
+            st.cpu += cpu;
         }
-        shares.push(bpf_ns as f64 / 1e9 / acpu);
-        conns_a += an;
-        cpu_a += acpu;
-        conns_d += d.0;
-        cpu_d += d.1;
     }
     w.stop(&ns);
-    let (rm, rci) = mean_ci95(&ratios);
-    let (sm, sci) = mean_ci95(&shares);
-    println!("probe overhead (loopback connect+accept+close in a netns, 1 client + 1 server thread; {rounds} rounds of (0.5 s detached, 0.5 s attached) in ABBA order; BPF run-time statistics on):");
+    println!("probe overhead (loopback connect+accept+close in a netns, 1 client + 1 server thread; {rounds} rounds of 0.5 s phases: detached + one per variant, order reversed every other round; BPF run-time statistics on):");
     println!(
-        "  workload CPU per connection: detached {:.2} us, attached {:.2} us (all rounds)",
-        cpu_d / conns_d.max(1) as f64 * 1e6,
-        cpu_a / conns_a.max(1) as f64 * 1e6
+        "  detached: workload CPU per connection {:.2} us (all rounds)",
+        cpu_d / conns_d.max(1) as f64 * 1e6
     );
-    println!(
-        "  (a) CPU per connection attached/detached, per round: mean {rm:.4} +/- {rci:.4} (95 % CI), median {:.4}, n = {}",
-        median(&mut ratios.clone()),
-        ratios.len()
-    );
-    println!(
-        "  (b) probes' own run time / workload CPU (attached): {:.3} % +/- {:.3} % (95 % CI) -> throughput ratio >= {:.4}",
-        sm * 100.0,
-        sci * 100.0,
-        1.0 / (1.0 + sm + sci)
-    );
-    for (name, (t, c)) in &per_prog {
+    for ((name, _), st) in VARIANTS.iter().zip(&stats) {
+        if st.ratios.is_empty() {
+            println!("  {name}: no round completed connections in both phases");
+            continue;
+        }
+        let (rm, rci) = mean_ci95(&st.ratios);
+        let (sm, sci) = mean_ci95(&st.shares);
+        println!("  {name} [{}]:", st.hooks.join(", "));
         println!(
-            "     {name}: {} runs, {:.0} ns per run, {:.1} ns per connection",
-            c,
-            *t as f64 / (*c).max(1) as f64,
-            *t as f64 / conns_a.max(1) as f64
+            "    workload CPU per connection {:.2} us (all rounds)",
+            st.cpu / st.conns.max(1) as f64 * 1e6
         );
+        println!(
+            "    (a) CPU per connection attached/detached, per round: mean {rm:.4} +/- {rci:.4} (95 % CI), median {:.4}, n = {}",
+            median(&mut st.ratios.clone()),
+            st.ratios.len()
+        );
+        println!(
+            "    (b) probes' own run time / workload CPU: {:.3} % +/- {:.3} % (95 % CI) -> throughput ratio >= {:.4}",
+            sm * 100.0,
+            sci * 100.0,
+            1.0 / (1.0 + sm + sci)
+        );
+        for (prog, (t, c)) in &st.per_prog {
+            if *c == 0 {
+                continue;
+            }
+            println!(
+                "       {prog}: {} runs, {:.0} ns per run, {:.1} ns per connection",
+                c,
+                *t as f64 / (*c).max(1) as f64,
+                *t as f64 / st.conns.max(1) as f64
+            );
+        }
     }
     if stats_fd.is_none() {
         println!("  (BPF_ENABLE_STATS refused: run times are zero)");
     }
-    println!("  probe stats in the last attached phase: {last_stats:?}");
+    println!("  probe stats in the last all-hooks phase: {last_stats:?}");
 }
 
 fn proc_status(pid: u32, key: &str) -> u64 {
@@ -279,16 +340,18 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
-/// One agent run: (CPU % of a core over 20 s after start-up, VmRSS KiB, VmHWM KiB, listeners
-/// reported, tier).
+/// One agent run: (CPU % of a core over 60 s after start-up — one full resync period —,
+/// VmRSS KiB, VmHWM KiB, listeners reported, tier).
 fn footprint_run(interval: &str) -> (f64, u64, u64, usize, String) {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_kubetune-agent"))
         .args([
             "scan",
             "--duration",
-            "31s",
+            "71s",
             "--interval",
             interval,
+            "--resync",
+            "60s",
             "-o",
             "json",
         ])
@@ -301,7 +364,7 @@ fn footprint_run(interval: &str) -> (f64, u64, u64, usize, String) {
     let hz = 100.0; // USER_HZ
     let c0 = cpu_ticks(pid);
     let w0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(60));
     let c1 = cpu_ticks(pid);
     let wall = w0.elapsed().as_secs_f64();
     let rss = proc_status(pid, "VmRSS:");
@@ -358,7 +421,7 @@ fn footprint() {
     for run in 0..runs {
         let (cpu, rss, hwm, nlisteners, tier) = footprint_run(interval);
         println!(
-            "agent footprint run {run} (100 netns x 10 listeners, `kubetune-agent scan --interval {interval}`, tier {tier}): listeners reported {nlisteners}; RSS {:.1} MiB (peak VmHWM {:.1} MiB; target <= 32 MiB); CPU at rest {cpu:.2} % of one core",
+            "agent footprint run {run} (100 netns x 10 listeners, `kubetune-agent scan --interval {interval} --resync 60s`, tier {tier}): listeners reported {nlisteners}; RSS {:.1} MiB (peak VmHWM {:.1} MiB; target <= 32 MiB); CPU at rest {cpu:.2} % of one core",
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0,
         );

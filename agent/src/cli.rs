@@ -36,6 +36,10 @@ pub struct Common {
     /// Window for queue max / recent overflows / slow-accept detection (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
+    /// eBPF tiers: sample every netns in full this often; in between, a scan re-reads only
+    /// queue lengths and counters of namespaces no listen() event named (e.g. 60s).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub resync: Duration,
 }
 
 #[derive(Subcommand)]

@@ -4,7 +4,9 @@
 //!
 //! * [`read_events`] waits on the probe's ring buffer (tokio `AsyncFd`) and turns each
 //!   `EVENT_OVERFLOW` record (at most one per listener per 100 ms, rate-limited in the kernel)
-//!   into a [`Wake`].
+//!   and each `EVENT_LISTEN` record into a [`Wake`]. A listen wake only tells the scanner that
+//!   the netns changed ([`ScanRequest::Changed`]): its next periodic scan samples it in full
+//!   instead of re-reading it (see [`crate::scanner`]).
 //! * [`Coalescer`] (pure) decides per netns: re-sample now when the pod's last write is at least
 //!   `min_write_interval` old, otherwise (and always after an immediate re-sample) once more when
 //!   the interval has passed, so a burst yields one write at once and one with its final numbers.
@@ -27,7 +29,7 @@ use aya::maps::{MapData, RingBuf};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector;
 use kube::Client;
-use kubetune_probe_common::EVENT_OVERFLOW;
+use kubetune_probe_common::{EVENT_LISTEN, EVENT_OVERFLOW};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -38,13 +40,24 @@ use crate::metrics::{self, MetricsState};
 use crate::netns::NetnsId;
 use crate::scanner::{Scanner, Snapshot};
 
-/// An overflow event: the listener's netns, as the kernel identifies it.
+/// What a ring-buffer event reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeKind {
+    /// An accept-queue overflow.
+    Overflow,
+    /// A successful `listen()`.
+    Listen,
+}
+
+/// An overflow or listen event: the listener's netns, as the kernel identifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wake {
     /// Netns identity (inode + cookie).
     pub netns: NetnsId,
     /// Listener port (for logs).
     pub port: u16,
+    /// What happened.
+    pub kind: WakeKind,
 }
 
 /// What the report loop asks of the scan thread.
@@ -52,6 +65,8 @@ pub struct Wake {
 pub enum ScanRequest {
     /// Re-sample these namespaces now.
     Rescan(Vec<NetnsId>),
+    /// A listener appeared in these namespaces: sample them in full at the next scan.
+    Changed(Vec<NetnsId>),
 }
 
 /// One scan's result and cost.
@@ -67,7 +82,7 @@ pub struct ScanResult {
     pub partial: Option<Vec<NetnsId>>,
 }
 
-/// Reads the ring buffer until `tx` closes; forwards overflow events as [`Wake`]s.
+/// Reads the ring buffer until `tx` closes; forwards overflow and listen events as [`Wake`]s.
 pub async fn read_events(rb: RingBuf<MapData>, tx: mpsc::UnboundedSender<Wake>) {
     // SAFETY: the ring buffer owns its map fd, which stays open (and the same) for as long as
     // the `RingBuf` lives, i.e. until the `AsyncFd` that owns it is dropped.
@@ -91,15 +106,18 @@ pub async fn read_events(rb: RingBuf<MapData>, tx: mpsc::UnboundedSender<Wake>) 
             let Some(ev) = crate::probe::decode_event(&item) else {
                 continue;
             };
-            if ev.kind != EVENT_OVERFLOW {
-                continue;
-            }
+            let kind = match ev.kind {
+                EVENT_OVERFLOW => WakeKind::Overflow,
+                EVENT_LISTEN => WakeKind::Listen,
+                _ => continue,
+            };
             let wake = Wake {
                 netns: NetnsId {
                     inode: u64::from(ev.info.key.netns_inum),
                     cookie: ev.info.key.netns_cookie,
                 },
                 port: ev.info.key.port,
+                kind,
             };
             if tx.send(wake).is_err() {
                 return;
@@ -110,8 +128,9 @@ pub async fn read_events(rb: RingBuf<MapData>, tx: mpsc::UnboundedSender<Wake>) 
 }
 
 /// Runs the scanner on the current thread: a full scan, then every `interval` another one;
-/// in between, the re-samples asked for on `requests` (several queued requests are merged).
-/// Returns when either channel closes.
+/// in between, the re-samples asked for on `requests` (several queued requests are merged;
+/// [`ScanRequest::Changed`] only marks namespaces for the next scan). Returns when either
+/// channel closes.
 pub fn scan_loop(
     mut scanner: Scanner,
     interval: Duration,
@@ -125,9 +144,16 @@ pub fn scan_loop(
             None
         } else {
             match requests.recv_timeout(next_full - now) {
+                Ok(ScanRequest::Changed(ids)) => {
+                    scanner.mark_changed(&ids);
+                    continue;
+                }
                 Ok(ScanRequest::Rescan(mut ids)) => {
-                    while let Ok(ScanRequest::Rescan(more)) = requests.try_recv() {
-                        ids.extend(more);
+                    while let Ok(more) = requests.try_recv() {
+                        match more {
+                            ScanRequest::Rescan(more) => ids.extend(more),
+                            ScanRequest::Changed(c) => scanner.mark_changed(&c),
+                        }
                     }
                     ids.sort_unstable();
                     ids.dedup();
@@ -343,6 +369,9 @@ pub async fn report_loop(
                 handle_result(&cx, r, &mut last, &mut coalescer).await;
             }
             w = wake => match w {
+                Some(w) if w.kind == WakeKind::Listen => {
+                    let _ = requests.send(ScanRequest::Changed(vec![w.netns]));
+                }
                 Some(w) => {
                     counts.overflow_events += 1;
                     let lw = |uid: &str| last.get(uid).and_then(|w| w.overflow_at);
@@ -412,6 +441,7 @@ mod tests {
         Wake {
             netns: id(n),
             port: 80,
+            kind: WakeKind::Overflow,
         }
     }
 

@@ -15,6 +15,7 @@ fn scanner(common: &Common) -> Scanner {
         } else {
             EbpfMode::Auto
         },
+        resync: common.resync,
     })
 }
 

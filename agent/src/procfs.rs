@@ -45,11 +45,16 @@ pub fn thread_listen_counters() -> std::io::Result<ListenCounters> {
 
 /// Reads listen counters from a netstat file (`/proc/<pid>/net/netstat` works without setns).
 pub fn listen_counters_at(path: &Path) -> std::io::Result<ListenCounters> {
-    let m = parse_netstat(&std::fs::read_to_string(path)?);
-    Ok(ListenCounters {
+    Ok(listen_counters_from(&std::fs::read_to_string(path)?))
+}
+
+/// The listen counters of a netstat file's text.
+pub fn listen_counters_from(netstat: &str) -> ListenCounters {
+    let m = parse_netstat(netstat);
+    ListenCounters {
         listen_overflows: m.get("TcpExt:ListenOverflows").copied().unwrap_or(0),
         listen_drops: m.get("TcpExt:ListenDrops").copied().unwrap_or(0),
-    })
+    }
 }
 
 /// `net.core.somaxconn` as seen by the calling thread (net sysctls follow the thread's netns).

@@ -1,13 +1,26 @@
 //! The scanner: one sweep of every network namespace (sock_diag + procfs inside the netns on a
 //! dedicated thread), joined with the eBPF maps when the probe is loaded, attributed to
 //! pods/processes, sampled over a window, and diagnosed.
+//!
+//! What a periodic [`Scanner::scan`] re-reads depends on the tier:
+//!
+//! * **eBPF tiers**: a netns gets a *full sample* (setns, sock_diag dump, somaxconn, `TcpExt`,
+//!   socket owners, pod) when it is new, when a `listen()` event named it, when one of its known
+//!   listeners is gone, and at every full resync ([`ScannerConfig::resync`], default 60 s, or
+//!   at once when the ring buffer lost events). Every other netns gets a *re-read* through
+//!   handles kept open from its last full sample — no setns: an exact sock_diag lookup of each
+//!   known listener (queue length, limit, `sk_drops`), and the netns's somaxconn and `TcpExt`
+//!   counters. So queue lengths, overflows and closes are still seen every scan; a listener
+//!   that no event announced (io_uring `IORING_OP_LISTEN`, lost events) waits for the resync.
+//!   Listeners found closed have their eBPF map entries removed ([`Probe::forget`]).
+//! * **sock-diag tier** (no eBPF, no events): a full sample of every netns every scan.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use kubetune_crds::report::{Diagnosis, LimitedBy, ListenerReportSpec, ListenerStatus};
-use kubetune_probe_common::{ListenInfo, ListenerKey, OverflowCounts, EVENT_CLOSE, EVENT_LISTEN};
+use kubetune_probe_common::{ListenInfo, ListenerKey, OverflowCounts, EVENT_LISTEN};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
@@ -16,7 +29,7 @@ use crate::diagnose::{diagnose, near_full, DiagnosisInput};
 use crate::netns::{self, NetnsId, NetnsRef};
 use crate::probe::{Probe, Tier};
 use crate::procfs::{self, ListenCounters};
-use crate::sockdiag::{self, DiagListener};
+use crate::sockdiag::{self, DiagListener, DiagSocket};
 
 /// Whether to use eBPF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,13 +48,19 @@ pub struct ScannerConfig {
     pub window: Duration,
     /// eBPF use.
     pub ebpf: EbpfMode,
+    /// eBPF tiers: how often a scan samples every netns in full (see the module docs).
+    pub resync: Duration,
 }
+
+/// Default [`ScannerConfig::resync`].
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 
 impl Default for ScannerConfig {
     fn default() -> Self {
         ScannerConfig {
             window: Duration::from_secs(60),
             ebpf: EbpfMode::Auto,
+            resync: DEFAULT_RESYNC,
         }
     }
 }
@@ -146,6 +165,16 @@ pub struct Snapshot {
     pub errors: Vec<String>,
 }
 
+/// How the last sample read its namespaces ([`Scanner::last_sample`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SampleKinds {
+    /// Namespaces sampled in full (setns + dump + procfs).
+    pub full: usize,
+    /// Namespaces re-read through kept handles (eBPF tiers; always 0 on the sock-diag tier,
+    /// which samples every netns in full every scan).
+    pub reread: usize,
+}
+
 impl NetnsObservation {
     /// Worst diagnosis over the listeners (by `Diagnosis`'s order; `Healthy` when none).
     pub fn diagnosis(&self) -> Diagnosis {
@@ -238,6 +267,128 @@ struct RawNetns {
     sysctls: Option<std::collections::BTreeMap<String, String>>,
     counters: Option<ListenCounters>,
     listeners: Vec<DiagListener>,
+    /// Handles opened inside the netns during a full sample (to be kept for re-reads).
+    handles: Option<NetnsHandles>,
+    /// A re-read's owners, from the last full sample (`None`: a full sample, look them up).
+    ownership: Option<Ownership>,
+}
+
+/// Files of one netns opened from inside it; they keep answering for that netns from any
+/// thread, so a re-read needs no setns. (They also keep the netns alive, so its inode is not
+/// reused while they are held; the scanner drops them once the netns is no longer enumerated.)
+#[derive(Debug)]
+struct NetnsHandles {
+    diag: DiagSocket,
+    netstat: std::fs::File,
+    somaxconn: std::fs::File,
+}
+
+impl NetnsHandles {
+    /// Opens the calling thread's netns's handles.
+    fn open() -> std::io::Result<NetnsHandles> {
+        Ok(NetnsHandles {
+            diag: DiagSocket::open().map_err(std::io::Error::other)?,
+            netstat: std::fs::File::open("/proc/thread-self/net/netstat")?,
+            somaxconn: std::fs::File::open("/proc/sys/net/core/somaxconn")?,
+        })
+    }
+
+    fn read(f: &std::fs::File) -> std::io::Result<String> {
+        use std::os::unix::fs::FileExt;
+        let mut out = Vec::with_capacity(8192);
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = f.read_at(&mut buf, out.len() as u64)?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(out).map_err(std::io::Error::other)
+    }
+
+    fn somaxconn(&self) -> Option<i64> {
+        Self::read(&self.somaxconn).ok()?.trim().parse().ok()
+    }
+
+    fn counters(&self) -> Option<ListenCounters> {
+        Self::read(&self.netstat)
+            .ok()
+            .map(|t| procfs::listen_counters_from(&t))
+    }
+}
+
+/// Who owns a netns and its listeners (what a full sample looks up in procfs).
+#[derive(Debug, Clone, Default)]
+struct Ownership {
+    /// Socket inode → lowest pid holding it.
+    owners: HashMap<u64, u32>,
+    pod: Option<PodCgroup>,
+    process: Option<ProcessRef>,
+}
+
+/// A netns's handles and what its last full sample found (eBPF tiers).
+#[derive(Debug)]
+struct Cached {
+    cookie: u64,
+    handles: NetnsHandles,
+    listeners: Vec<DiagListener>,
+    ownership: Ownership,
+}
+
+impl Cached {
+    /// A re-read of `r` through the handles; `None` when a full sample is needed instead (a
+    /// known listener is gone, or the netns does not answer).
+    fn reread(&self, r: &NetnsRef) -> Option<RawNetns> {
+        let now = self.handles.diag.lookup(&self.listeners).ok()?;
+        let listeners: Vec<DiagListener> = now.into_iter().collect::<Option<_>>()?;
+        Some(RawNetns {
+            r: r.clone(),
+            cookie: self.cookie,
+            somaxconn: Some(self.handles.somaxconn()?),
+            sysctls: None,
+            counters: Some(self.handles.counters()?),
+            listeners,
+            handles: None,
+            ownership: Some(self.ownership.clone()),
+        })
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns (the clock of `bpf_ktime_get_ns`, so of `ListenInfo::ts_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Map keys of listeners that have closed: those of a fully sampled netns (`swept`: cookie →
+/// the listeners its dump found) that the dump did not find, and, when `live` is given (a
+/// sample of every netns), those of namespaces that no longer exist — unless `listen()`
+/// recorded them after `since_ns` (the sample may have missed a listener that new). Pure.
+fn closed_keys(
+    keys: impl Iterator<Item = ListenerKey>,
+    listen_ts: &dyn Fn(&ListenerKey) -> Option<u64>,
+    swept: &HashMap<u64, HashSet<ListenerKey>>,
+    live: Option<&HashSet<u64>>,
+    since_ns: u64,
+) -> Vec<ListenerKey> {
+    let mut out: Vec<ListenerKey> = keys
+        .filter(|k| {
+            let gone = match swept.get(&k.netns_cookie) {
+                Some(found) => !found.contains(k),
+                None => live.is_some_and(|l| !l.contains(&k.netns_cookie)),
+            };
+            gone && listen_ts(k).is_none_or(|t| t < since_ns)
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Scans every netns on the host; keeps per-listener history between scans.
@@ -254,6 +405,17 @@ pub struct Scanner {
     /// Per-netns sysctl values and when they were read: pod sysctls are fixed when the sandbox
     /// is created, so they are re-read only every [`SYSCTL_REFRESH`] (somaxconn every scan).
     sysctl_cache: HashMap<(u64, u64), (Instant, std::collections::BTreeMap<String, String>)>,
+    /// eBPF tiers: handles and last full sample per netns inode (the handles pin the netns,
+    /// so the inode names the same netns while cached).
+    cache: HashMap<u64, Cached>,
+    /// Namespaces a `listen()` event named since their last full sample.
+    changed: HashSet<NetnsId>,
+    /// When the last full resync ran.
+    last_resync: Option<Instant>,
+    resync: Duration,
+    /// The probe's lost-event count at the last scan (growth forces a resync).
+    events_lost: u64,
+    last_sample: SampleKinds,
 }
 
 /// How often the per-netns sysctls other than somaxconn are re-read.
@@ -286,7 +448,9 @@ impl Scanner {
                 }
             },
         };
-        Self::with_probe(probe, reason, cfg.window)
+        let mut sc = Self::with_probe(probe, reason, cfg.window);
+        sc.resync = cfg.resync;
+        sc
     }
 
     /// Creates a scanner around an already loaded probe (or none, with the reason).
@@ -305,7 +469,24 @@ impl Scanner {
             history: HashMap::new(),
             host_netns_inode,
             sysctl_cache: HashMap::new(),
+            cache: HashMap::new(),
+            changed: HashSet::new(),
+            last_resync: None,
+            resync: DEFAULT_RESYNC,
+            events_lost: 0,
+            last_sample: SampleKinds::default(),
         }
+    }
+
+    /// How the last scan (or re-sample) read its namespaces.
+    pub fn last_sample(&self) -> SampleKinds {
+        self.last_sample
+    }
+
+    /// Notes namespaces where a listener appeared (from `listen()` events read elsewhere): the
+    /// next scan samples them in full.
+    pub fn mark_changed(&mut self, ids: &[NetnsId]) {
+        self.changed.extend(ids.iter().copied());
     }
 
     /// Active tier.
@@ -331,16 +512,19 @@ impl Scanner {
         self.fallback_reason.as_deref()
     }
 
-    /// Scans every network namespace once.
+    /// Scans every network namespace once: on the eBPF tiers a full sample of the namespaces
+    /// that need one and a re-read of the others, on the sock-diag tier a full sample of all
+    /// (see the module docs).
     pub fn scan(&mut self) -> Snapshot {
         let refs = netns::enumerate();
-        self.scan_refs(refs)
+        let incremental = self.probe.is_some();
+        self.sample(refs, true, incremental)
     }
 
-    /// Scans the given namespaces only (as found by [`netns::enumerate`]); histories of
-    /// listeners outside them are dropped.
+    /// A full sample of the given namespaces only (as found by [`netns::enumerate`]);
+    /// histories of listeners outside them are dropped.
     pub fn scan_refs(&mut self, refs: Vec<NetnsRef>) -> Snapshot {
-        self.sample(refs, true)
+        self.sample(refs, true, false)
     }
 
     /// Re-samples only the namespaces `ids` (e.g. after an overflow event) and returns a
@@ -350,21 +534,71 @@ impl Scanner {
             .into_iter()
             .filter(|r| ids.iter().any(|id| id.inode == r.inode))
             .collect();
-        let mut snap = self.sample(refs, false);
+        let mut snap = self.sample(refs, false, false);
         snap.netns.retain(|n| ids.contains(&n.id));
         snap
     }
 
-    /// One sample of `refs`; `full` when `refs` is every netns (then state of the others is dropped).
-    fn sample(&mut self, refs: Vec<NetnsRef>, full: bool) -> Snapshot {
+    /// One sample of `refs`; `full` when `refs` is every netns (then state of the others is
+    /// dropped); `incremental`: re-read the cached namespaces that need no full sample.
+    fn sample(&mut self, refs: Vec<NetnsRef>, full: bool, incremental: bool) -> Snapshot {
         let now = Instant::now();
+        let since_ns = monotonic_ns();
+        self.drain_events();
+        let lost = self.events_were_lost();
+        let resync = incremental
+            && (lost
+                || self
+                    .last_resync
+                    .is_none_or(|t| now.duration_since(t) >= self.resync));
+        if full {
+            let enumerated: HashSet<u64> = refs.iter().map(|r| r.inode).collect();
+            self.cache.retain(|ino, _| enumerated.contains(ino));
+        }
+        let mut reread = Vec::new();
+        let mut to_sweep = Vec::new();
+        for r in refs {
+            let cached = self.cache.get(&r.inode).filter(|c| {
+                incremental
+                    && !resync
+                    && !self.changed.contains(&NetnsId {
+                        inode: r.inode,
+                        cookie: c.cookie,
+                    })
+            });
+            match cached.and_then(|c| c.reread(&r)) {
+                Some(raw) => reread.push(raw),
+                None => to_sweep.push(r),
+            }
+        }
+        if resync {
+            self.last_resync = Some(now);
+        }
         let fresh: HashSet<(u64, u64)> = self
             .sysctl_cache
             .iter()
             .filter(|(_, (at, _))| now.duration_since(*at) < SYSCTL_REFRESH)
             .map(|(k, _)| *k)
             .collect();
-        let (mut raws, vanished, errors) = sweep(refs, fresh);
+        let (mut raws, vanished, errors) = sweep(to_sweep, fresh, incremental);
+        let swept: HashMap<u64, HashSet<ListenerKey>> = raws
+            .iter()
+            .map(|r| {
+                let keys = r.listeners.iter().map(|d| map_key(r, d)).collect();
+                (r.cookie, keys)
+            })
+            .collect();
+        for r in &raws {
+            self.changed.remove(&NetnsId {
+                inode: r.r.inode,
+                cookie: r.cookie,
+            });
+        }
+        self.last_sample = SampleKinds {
+            full: raws.len(),
+            reread: reread.len(),
+        };
+        raws.extend(reread);
         let live: HashSet<(u64, u64)> = raws.iter().map(|r| (r.r.inode, r.cookie)).collect();
         if full {
             self.sysctl_cache.retain(|k, _| live.contains(k));
@@ -382,8 +616,25 @@ impl Scanner {
         for raw in raws {
             out.push(self.observe(raw, now, &bpf_listeners, &bpf_overflows, &mut seen));
         }
+        out.sort_by_key(|n| n.id.inode);
         if full {
             self.history.retain(|k, _| seen.contains(k));
+        }
+        if let Some(p) = self.probe.as_mut() {
+            let live_cookies: HashSet<u64> = live.iter().map(|(_, c)| *c).collect();
+            let ts = |k: &ListenerKey| bpf_listeners.get(k).map(|i| i.ts_ns);
+            let gone = closed_keys(
+                bpf_listeners.keys().chain(bpf_overflows.keys()).copied(),
+                &ts,
+                &swept,
+                // Dead namespaces only when every netns was enumerated and inspected.
+                (incremental && vanished == 0 && errors.is_empty()).then_some(&live_cookies),
+                since_ns,
+            );
+            let n = p.forget(&gone);
+            if !gone.is_empty() {
+                debug!(keys = gone.len(), listeners = n, "forgot closed listeners");
+            }
         }
         crate::probe::release_heap();
         Snapshot {
@@ -406,29 +657,6 @@ impl Scanner {
         let Some(p) = self.probe.as_mut() else {
             return Default::default();
         };
-        for ev in p.drain_events() {
-            let comm = String::from_utf8_lossy(&ev.info.comm)
-                .trim_end_matches('\0')
-                .to_string();
-            match ev.kind {
-                EVENT_LISTEN => debug!(
-                    pid = ev.info.pid,
-                    comm,
-                    port = ev.info.key.port,
-                    netns = ev.info.key.netns_inum,
-                    requested = ev.info.requested_backlog,
-                    effective = ev.info.effective_backlog,
-                    somaxconn = ev.info.somaxconn,
-                    "listen()"
-                ),
-                EVENT_CLOSE => debug!(
-                    port = ev.info.key.port,
-                    netns = ev.info.key.netns_inum,
-                    "listener closed"
-                ),
-                _ => {}
-            }
-        }
         let l = p.listeners().unwrap_or_else(|e| {
             warn!(error = %e, "reading LISTENERS");
             HashMap::new()
@@ -438,6 +666,46 @@ impl Scanner {
             HashMap::new()
         });
         (l, o)
+    }
+
+    /// Takes the probe's pending events (when the ring buffer was not handed elsewhere) and
+    /// notes the namespaces `listen()` named.
+    fn drain_events(&mut self) {
+        let Some(p) = self.probe.as_mut() else {
+            return;
+        };
+        for ev in p.drain_events() {
+            if ev.kind != EVENT_LISTEN {
+                continue;
+            }
+            debug!(
+                pid = ev.info.pid,
+                comm = %String::from_utf8_lossy(&ev.info.comm).trim_end_matches('\0'),
+                port = ev.info.key.port,
+                netns = ev.info.key.netns_inum,
+                requested = ev.info.requested_backlog,
+                effective = ev.info.effective_backlog,
+                somaxconn = ev.info.somaxconn,
+                "listen()"
+            );
+            self.changed.insert(NetnsId {
+                inode: u64::from(ev.info.key.netns_inum),
+                cookie: ev.info.key.netns_cookie,
+            });
+        }
+    }
+
+    /// True when the probe lost ring-buffer events since the last call (then a listen event
+    /// may be missing: resync).
+    fn events_were_lost(&mut self) -> bool {
+        let lost = self
+            .probe
+            .as_ref()
+            .and_then(|p| p.stats().ok())
+            .map_or(0, |s| s.events_lost);
+        let grew = lost > self.events_lost;
+        self.events_lost = lost;
+        grew
     }
 
     /// One netns's observation: who owns it, then each listener's (see [`Self::observe_listener`]).
@@ -454,30 +722,14 @@ impl Scanner {
             cookie: raw.cookie,
         };
         let host = raw.r.inode == self.host_netns_inode;
-        let wanted: HashSet<u64> = raw.listeners.iter().map(|l| l.inode).collect();
-        let owners = procfs::socket_owners(&raw.r.pids, &wanted);
-        let pod = if host {
-            None
-        } else {
-            raw.r
-                .pids
-                .iter()
-                .take(64)
-                .find_map(|p| procfs::cgroup(*p).and_then(|c| parse_pod_cgroup(&c)))
+        let own = match raw.ownership.take() {
+            Some(o) => o,
+            None => ownership(&raw, host),
         };
-        let process = raw.r.pids.first().map(|p| ProcessRef {
-            pid: *p,
-            comm: procfs::comm(*p).unwrap_or_default(),
-        });
+        let owners = &own.owners;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         for d in &raw.listeners {
-            let key = ListenerKey {
-                netns_cookie: raw.cookie,
-                netns_inum: raw.r.inode as u32,
-                family: d.family,
-                port: d.port,
-                addr: d.addr_raw,
-            };
+            let key = map_key(&raw, d);
             let lid = ListenerId {
                 netns: id,
                 inode: d.inode,
@@ -487,18 +739,39 @@ impl Scanner {
             listeners.push(self.observe_listener(lid, d, &raw, now, bpf, owners.get(&d.inode)));
         }
         listeners.sort_by_key(|l| (l.port, l.address));
-        NetnsObservation {
+        let obs = NetnsObservation {
             id,
             name: raw.r.name.clone(),
             host,
-            pod,
-            process,
+            pod: own.pod.clone(),
+            process: own.process.clone(),
             process_count: raw.r.pids.len(),
             somaxconn: raw.somaxconn,
             sysctls: raw.sysctls.clone().unwrap_or_default(),
             counters: raw.counters,
             listeners,
+        };
+        let ino = raw.r.inode;
+        match raw.handles {
+            Some(handles) => {
+                self.cache.insert(
+                    ino,
+                    Cached {
+                        cookie: raw.cookie,
+                        handles,
+                        listeners: raw.listeners,
+                        ownership: own,
+                    },
+                );
+            }
+            None => {
+                if let Some(c) = self.cache.get_mut(&ino).filter(|c| c.cookie == raw.cookie) {
+                    c.listeners = raw.listeners;
+                    c.ownership = own;
+                }
+            }
         }
+        obs
     }
 
     /// One listener: overflow accounting ([`overflows_total`]), the sample into its history
@@ -562,6 +835,41 @@ impl Scanner {
             pod,
             samples: w.samples,
         }
+    }
+}
+
+/// The eBPF map key of a listener that sock_diag reported in `raw`'s netns.
+fn map_key(raw: &RawNetns, d: &DiagListener) -> ListenerKey {
+    ListenerKey {
+        netns_cookie: raw.cookie,
+        netns_inum: raw.r.inode as u32,
+        family: d.family,
+        port: d.port,
+        addr: d.addr_raw,
+    }
+}
+
+/// Who owns `raw`'s netns and listeners, from procfs (`/proc/*/fd`, cgroups, comm).
+fn ownership(raw: &RawNetns, host: bool) -> Ownership {
+    let wanted: HashSet<u64> = raw.listeners.iter().map(|l| l.inode).collect();
+    let owners = procfs::socket_owners(&raw.r.pids, &wanted);
+    let pod = if host {
+        None
+    } else {
+        raw.r
+            .pids
+            .iter()
+            .take(64)
+            .find_map(|p| procfs::cgroup(*p).and_then(|c| parse_pod_cgroup(&c)))
+    };
+    let process = raw.r.pids.first().map(|p| ProcessRef {
+        pid: *p,
+        comm: procfs::comm(*p).unwrap_or_default(),
+    });
+    Ownership {
+        owners,
+        pod,
+        process,
     }
 }
 
@@ -666,11 +974,16 @@ fn listener_owner(
 }
 
 /// Visits every netns on one dedicated thread (setns per netns; the thread dies afterwards so
-/// no other thread ever changes namespace).
+/// no other thread ever changes namespace). With `keep_handles`, opens each netns's
+/// [`NetnsHandles`] (and dumps through them) for later re-reads.
 fn sweep(
     refs: Vec<NetnsRef>,
     sysctls_fresh: HashSet<(u64, u64)>,
+    keep_handles: bool,
 ) -> (Vec<RawNetns>, usize, Vec<String>) {
+    if refs.is_empty() {
+        return (Vec::new(), 0, Vec::new());
+    }
     let worker = std::thread::Builder::new()
         .name("kt-netns-sweep".into())
         .spawn(move || {
@@ -718,7 +1031,18 @@ fn sweep(
                         continue;
                     }
                 };
-                let listeners = match sockdiag::dump_tcp_listeners() {
+                let handles = if keep_handles {
+                    NetnsHandles::open()
+                        .map_err(|e| debug!(netns = r.inode, error = %e, "netns handles"))
+                        .ok()
+                } else {
+                    None
+                };
+                let dumped = match &handles {
+                    Some(h) => h.diag.dump(),
+                    None => sockdiag::dump_tcp_listeners(),
+                };
+                let listeners = match dumped {
                     Ok(l) => l,
                     Err(e) => {
                         errors.push(format!("netns {}: {e}", r.inode));
@@ -733,6 +1057,8 @@ fn sweep(
                     cookie,
                     listeners,
                     r,
+                    handles,
+                    ownership: None,
                 });
             }
             (raws, vanished, errors)
@@ -773,6 +1099,33 @@ mod tests {
         // The eBPF phases add up and win when larger.
         assert_eq!(overflows_total(Some(50), c(42), ebpf(40, 5)), 45);
         assert_eq!(overflows_total(None, None, ebpf(3, 0)), 3);
+    }
+
+    #[test]
+    fn closed_keys_are_the_swept_ones_missing_and_those_of_dead_namespaces_not_listened_since() {
+        let key = |cookie: u64, port: u16| ListenerKey {
+            netns_cookie: cookie,
+            netns_inum: cookie as u32,
+            family: 2,
+            port,
+            addr: [0; 16],
+        };
+        let (open, closed, fresh) = (key(1, 80), key(1, 81), key(1, 82));
+        let (other, dead) = (key(2, 80), key(3, 80));
+        let swept: HashMap<u64, HashSet<ListenerKey>> = [(1, HashSet::from([open]))].into();
+        let ts = |k: &ListenerKey| (*k == fresh).then_some(200);
+        let all = [open, closed, fresh, other, dead, closed];
+        // Netns 1 was dumped: 81 closed; 82 was listen()ed after the sample began (kept).
+        // Netns 2 was only re-read (its keys are kept); without `live`, 3 is kept too.
+        assert_eq!(
+            closed_keys(all.into_iter(), &ts, &swept, None, 100),
+            vec![closed]
+        );
+        let live = HashSet::from([1, 2]);
+        assert_eq!(
+            closed_keys(all.into_iter(), &ts, &swept, Some(&live), 100),
+            vec![closed, dead]
+        );
     }
 
     fn sample(at: Instant, queue: i64, near_full: bool, total: u64) -> Sample {

@@ -5,6 +5,12 @@
 //! (`sk_ack_backlog`) and `idiag_wqueue` = its limit (`sk_max_ack_backlog`). With the
 //! `INET_DIAG_SKMEMINFO` extension it also reports `SK_MEMINFO_DROPS` = `sk_drops`, which
 //! `tcp_listendrop()` increments for every SYN- and ACK-phase accept-queue overflow.
+//!
+//! A netlink socket answers for the netns it was created in, whatever the calling thread's
+//! netns later: [`DiagSocket`] keeps one per netns, so a re-sample needs no `setns`, and
+//! [`DiagSocket::lookup`] asks for known listeners one by one (the kernel finds each through
+//! its hash) instead of a dump, which walks the whole listening hash (shared by every netns)
+//! for each netns.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -58,6 +64,9 @@ pub struct DiagListener {
     pub cgroup_id: Option<u64>,
     /// Owning uid.
     pub uid: u32,
+    /// Bound interface index (`SO_BINDTODEVICE`; 0 when unbound).
+    #[serde(skip)]
+    pub ifindex: u32,
 }
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -83,39 +92,116 @@ fn io(op: &'static str) -> DiagError {
 
 /// Dumps TCP listeners (IPv4 and IPv6) in the calling thread's network namespace.
 pub fn dump_tcp_listeners() -> Result<Vec<DiagListener>, DiagError> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io("socket"));
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut out = Vec::new();
-    for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        send_request(&sock, seq, family)?;
-        recv_dump(&sock, seq, &mut out)?;
-    }
-    Ok(out)
+    DiagSocket::open()?.dump()
 }
 
-fn send_request(sock: &OwnedFd, seq: u32, family: u8) -> Result<(), DiagError> {
-    let mut buf = [0u8; NLMSG_HDR + REQ_LEN];
-    let len = buf.len() as u32;
+/// A sock_diag socket of one network namespace (the calling thread's when opened).
+#[derive(Debug)]
+pub struct DiagSocket(OwnedFd);
+
+/// Exact requests sent per `sendto` by [`DiagSocket::lookup`] (bounds the replies queued on
+/// the socket at once).
+const LOOKUP_BATCH: usize = 64;
+
+impl DiagSocket {
+    /// Opens a sock_diag socket in the calling thread's netns.
+    pub fn open() -> Result<DiagSocket, DiagError> {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(io("socket"));
+        }
+        // SAFETY: fd is a fresh, valid descriptor.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        // A receive timeout, so a reply the kernel could not queue fails the read, not hangs it.
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        // SAFETY: valid fd and option buffer.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        Ok(DiagSocket(sock))
+    }
+
+    /// Every TCP listener (IPv4 and IPv6) of the socket's netns.
+    pub fn dump(&self) -> Result<Vec<DiagListener>, DiagError> {
+        let mut out = Vec::new();
+        for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+            let mut buf = [0u8; NLMSG_HDR + REQ_LEN];
+            encode_request(&mut buf, seq, NLM_F_REQUEST | NLM_F_DUMP, family, None);
+            send(&self.0, &buf)?;
+            recv_dump(&self.0, seq, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The current state of each of `known` (same socket: address, port, interface and
+    /// cookie), in order; `None` for one that is gone (closed, or its address now answers with
+    /// another socket). One kernel hash lookup per listener, no walk.
+    pub fn lookup(&self, known: &[DiagListener]) -> Result<Vec<Option<DiagListener>>, DiagError> {
+        let mut out = Vec::with_capacity(known.len());
+        for chunk in known.chunks(LOOKUP_BATCH) {
+            let base = out.len();
+            let mut buf = vec![0u8; chunk.len() * (NLMSG_HDR + REQ_LEN)];
+            for (i, (l, b)) in chunk
+                .iter()
+                .zip(buf.chunks_mut(NLMSG_HDR + REQ_LEN))
+                .enumerate()
+            {
+                encode_request(b, (base + i + 1) as u32, NLM_F_REQUEST, l.family as u8, Some(l));
+            }
+            send(&self.0, &buf)?;
+            out.resize(base + chunk.len(), None);
+            recv_exact(&self.0, base, chunk.len(), &mut out)?;
+        }
+        for (slot, k) in out.iter_mut().zip(known) {
+            if slot.as_ref().is_some_and(|l| l.cookie != k.cookie || l.inode != k.inode) {
+                *slot = None;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Encodes one `inet_diag_req_v2` into `buf` (`NLMSG_HDR + REQ_LEN` bytes): a dump of the
+/// family's listeners, or (with `exact`) one request for that socket.
+fn encode_request(buf: &mut [u8], seq: u32, flags: u16, family: u8, exact: Option<&DiagListener>) {
+    let len = (NLMSG_HDR + REQ_LEN) as u32;
     buf[0..4].copy_from_slice(&len.to_ne_bytes());
     buf[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    buf[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    buf[6..8].copy_from_slice(&flags.to_ne_bytes());
     buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-    let r = &mut buf[NLMSG_HDR..];
+    let r = &mut buf[NLMSG_HDR..NLMSG_HDR + REQ_LEN];
     r[0] = family;
     r[1] = libc::IPPROTO_TCP as u8;
     r[2] = 1 << (INET_DIAG_SKMEMINFO - 1);
     r[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    if let Some(l) = exact {
+        // inet_diag_sockid: sport, dport (network order), src[16], dst[16], if, cookie[2].
+        let id = &mut r[8..56];
+        id[0..2].copy_from_slice(&l.port.to_be_bytes());
+        id[4..20].copy_from_slice(&l.addr_raw);
+        id[36..40].copy_from_slice(&l.ifindex.to_ne_bytes());
+        id[40..44].copy_from_slice(&(l.cookie as u32).to_ne_bytes());
+        id[44..48].copy_from_slice(&((l.cookie >> 32) as u32).to_ne_bytes());
+    }
+}
+
+fn send(sock: &OwnedFd, buf: &[u8]) -> Result<(), DiagError> {
     // SAFETY: zeroed sockaddr_nl addresses the kernel (pid 0).
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as u16;
@@ -132,6 +218,50 @@ fn send_request(sock: &OwnedFd, seq: u32, family: u8) -> Result<(), DiagError> {
     };
     if n < 0 {
         return Err(io("sendto"));
+    }
+    Ok(())
+}
+
+/// Reads the `n` answers (a socket, or an error such as ENOENT) to the exact requests with
+/// sequence numbers `base + 1 ..= base + n` into `out[base..]`.
+fn recv_exact(
+    sock: &OwnedFd,
+    base: usize,
+    n: usize,
+    out: &mut [Option<DiagListener>],
+) -> Result<(), DiagError> {
+    let mut buf = vec![0u8; 8 * 1024];
+    let mut answered = 0;
+    while answered < n {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let r = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(DiagError::Io {
+                op: "recv",
+                source: e,
+            });
+        }
+        let mut data = &buf[..r as usize];
+        while data.len() >= NLMSG_HDR {
+            let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+            let mseq = u32::from_ne_bytes(data[8..12].try_into().unwrap()) as usize;
+            if len < NLMSG_HDR || len > data.len() {
+                return Err(DiagError::Malformed("nlmsg length"));
+            }
+            if mseq > base && mseq <= base + n {
+                answered += 1;
+                if ty == SOCK_DIAG_BY_FAMILY {
+                    out[mseq - 1] = parse_msg(&data[NLMSG_HDR..len]);
+                }
+            }
+            let aligned = (len + 3) & !3;
+            data = &data[aligned.min(data.len())..];
+        }
     }
     Ok(())
 }
@@ -222,6 +352,7 @@ pub fn parse_msg(p: &[u8]) -> Option<DiagListener> {
         cookie: cookie_lo | (cookie_hi << 32),
         drops: None,
         cgroup_id: None,
+        ifindex: u32::from_ne_bytes(id[36..40].try_into().ok()?),
     };
     let mut attrs = &p[MSG_LEN..];
     while attrs.len() >= 4 {
@@ -328,5 +459,32 @@ mod tests {
         assert!(me.max_backlog > 0);
         assert!(me.inode > 0);
         assert!(current_netns_cookie().unwrap() > 0);
+    }
+
+    #[test]
+    fn looks_up_known_listeners_and_misses_closed_ones() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let ports = [a.local_addr().unwrap().port(), b.local_addr().unwrap().port()];
+        let sock = DiagSocket::open().unwrap();
+        let known: Vec<DiagListener> = sock
+            .dump()
+            .unwrap()
+            .into_iter()
+            .filter(|d| ports.contains(&d.port))
+            .collect();
+        assert_eq!(known.len(), 2, "{known:?}");
+        let c = std::net::TcpStream::connect(a.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = sock.lookup(&known).unwrap();
+        let qa = now.iter().flatten().find(|l| l.port == ports[0]).unwrap();
+        assert_eq!(qa.queue, 1, "the unaccepted connection is in the accept queue");
+        assert!(now.iter().all(Option::is_some), "{now:?}");
+        drop(b);
+        let now = sock.lookup(&known).unwrap();
+        let gone: Vec<bool> = now.iter().map(Option::is_none).collect();
+        let idx_b = known.iter().position(|l| l.port == ports[1]).unwrap();
+        assert!(gone[idx_b] && !gone[1 - idx_b], "{now:?}");
+        drop(c);
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kubetune_agent::diagnose::GENEROUS_BACKLOG;
 use kubetune_agent::probe::{Probe, Tier};
 use kubetune_agent::scanner::{
-    EbpfMode, ListenerObservation, NetnsObservation, Scanner, ScannerConfig,
+    EbpfMode, ListenerObservation, NetnsObservation, SampleKinds, Scanner, ScannerConfig,
 };
 use kubetune_crds::report::{Diagnosis, LimitedBy};
 use kubetune_test_support::netns::{self, AcceptMode, ListenerSpec, NamedNetns, NetnsId};
@@ -40,6 +40,7 @@ fn fallback_scanner() -> Scanner {
     Scanner::new(ScannerConfig {
         window: Duration::from_secs(60),
         ebpf: EbpfMode::Off,
+        ..Default::default()
     })
 }
 
@@ -404,26 +405,89 @@ fn ebpf_tier_listen_events_ack_phase_overflows_and_close() {
         "{stats:?}"
     );
 
-    // Listener close (LISTEN -> CLOSE) removes the record.
-    let closes_before = stats.closes;
+    assert!(probe.overflows().unwrap().contains_key(&key));
+
+    // Listener close: there is no close hook; the next scan of the netns finds the listener
+    // gone and removes its records.
     drop(lst);
     std::thread::sleep(Duration::from_millis(100));
-    assert!(probe.stats().unwrap().closes > closes_before);
-    let events = probe.drain_events();
-    assert!(
-        events
-            .iter()
-            .any(|e| e.kind == kubetune_probe_common::EVENT_CLOSE && e.info.key == key),
-        "close event for the listener: {events:?}"
-    );
+    let obs = scan_ns(&mut sc, &ns);
+    assert!(obs.listeners.is_empty(), "{obs:#?}");
+    let probe = sc.probe_mut().unwrap();
     assert!(
         !probe.listeners().unwrap().contains_key(&key),
-        "close removed the listener record"
+        "the scan removed the listener record"
     );
     assert!(
         !probe.overflows().unwrap().contains_key(&key),
-        "close removed the overflow counters"
+        "the scan removed the overflow counters"
     );
+}
+
+/// `ns`'s observation in a periodic scan (every netns; the eBPF tiers re-read unchanged ones).
+fn periodic_ns(sc: &mut Scanner, ns: &NamedNetns) -> (NetnsObservation, SampleKinds) {
+    let ino = ns.inode().unwrap();
+    let snap = sc.scan();
+    let obs = snap
+        .netns
+        .iter()
+        .find(|n| n.id.inode == ino)
+        .cloned()
+        .expect("netns observed");
+    (obs, sc.last_sample())
+}
+
+#[test]
+fn ebpf_tier_periodic_scan_rereads_unchanged_netns_and_still_sees_queues_listeners_and_closes() {
+    require_root!();
+    let Some(mut sc) = ebpf_scanner() else { return };
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("inc"), 4096).unwrap();
+    let a = ns
+        .spawn_listener(ListenerSpec::never_accepting(16))
+        .unwrap();
+    let (first, snap) = periodic_ns(&mut sc, &ns);
+    assert!(snap.full > 0 && snap.reread == 0, "first scan is full: {snap:?}");
+    assert_eq!(listener(&first, a.port()).queue_now, 0);
+
+    // Nothing announced: the next scans re-read the netns, and see its queue fill and overflow
+    // (SYN-phase, so only sk_drops / TcpExt show them) without a full sample.
+    let _burst = ns.burst(a.port(), 60, Duration::from_millis(500)).unwrap();
+    let (obs, snap) = periodic_ns(&mut sc, &ns);
+    assert!(snap.reread > 0, "unchanged namespaces are re-read: {snap:?}");
+    let l = listener(&obs, a.port());
+    assert_eq!(l.queue_now, 17, "queue length from the re-read");
+    assert_eq!(l.samples, 2);
+    assert_eq!(l.requested_backlog, Some(16));
+    assert_eq!(l.process.as_ref().map(|p| p.pid), Some(std::process::id()));
+    check_ground_truth(&ns, &obs, l);
+    let counters = obs.counters.expect("TcpExt from the re-read");
+    assert_eq!(counters.listen_overflows, ns.nstat("TcpExtListenOverflows").unwrap());
+
+    // A new listener: its listen() event sends the netns to a full sample.
+    let b = ns.spawn_listener(ListenerSpec::never_accepting(8)).unwrap();
+    let (obs, snap) = periodic_ns(&mut sc, &ns);
+    assert_eq!(listener(&obs, b.port()).requested_backlog, Some(8));
+    assert_eq!(listener(&obs, a.port()).samples, 3, "history kept");
+    assert!(snap.full > 0, "{snap:?}");
+
+    // A closed listener: the re-read misses it, the netns is sampled in full, the listener is
+    // gone from the observation and from the probe's maps.
+    let (_, _) = periodic_ns(&mut sc, &ns);
+    let port_b = b.port();
+    drop(b);
+    std::thread::sleep(Duration::from_millis(100));
+    let (obs, _) = periodic_ns(&mut sc, &ns);
+    assert!(obs.listeners.iter().all(|l| l.port != port_b), "{obs:#?}");
+    assert!(
+        sc.probe()
+            .unwrap()
+            .listeners()
+            .unwrap()
+            .keys()
+            .all(|k| !(k.port == port_b && k.netns_cookie == obs.id.cookie)),
+        "closed listener's record removed"
+    );
+    assert_eq!(listener(&obs, a.port()).queue_now, 17);
 }
 
 #[test]

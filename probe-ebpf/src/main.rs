@@ -6,14 +6,23 @@
 //!   - `tracepoint/syscalls/sys_enter_listen` + `sys_exit_listen`: every successful `listen()`
 //!     with pid, comm, cgroup id, netns identity, address family, local address/port, the
 //!     requested backlog, the effective `sk_max_ack_backlog` and the netns's `somaxconn`.
-//!     Misses io_uring `IORING_OP_LISTEN` (no syscall).
+//!     Misses io_uring `IORING_OP_LISTEN` (no syscall). Attached only when `fexit/inet_listen`
+//!     (below) is refused: an attached syscall tracepoint sends every syscall of every task
+//!     through the kernel's syscall-tracing path.
 //!   - `tp_btf/kfree_skb`: final-ACK-phase accept-queue overflows (drop reason
 //!     `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`, numeric value supplied by the agent from BTF),
 //!     counted per listener in the per-CPU hash `OVERFLOWS` — no per-packet userspace work —
 //!     plus an `EVENT_OVERFLOW` ring-buffer record at most once per listener per
 //!     `OVERFLOW_EVENT_GAP_NS` (100 ms; last-sent times in the LRU hash `OVERFLOW_SENT`), so the
 //!     agent re-samples that pod at once and a flood costs one map lookup per drop.
-//!   - `tracepoint/sock/inet_sock_set_state`: listener close (LISTEN → CLOSE).
+//!
+//!   There is no close hook: `sock:inet_sock_set_state` fires on every TCP state change of every
+//!   socket (~8 per connection) and cost ~2 % of a connection-heavy workload's CPU. The agent's
+//!   scan notices closed listeners and removes their map entries ([`LISTENERS`], [`OVERFLOWS`]).
+//! * **`fexit/inet_listen`** (BTF trampoline): the same listen record without syscall
+//!   tracepoints, also for io_uring `IORING_OP_LISTEN`. Tried first; **refused (EPERM) on the
+//!   development/CI machines**, where the syscall tracepoints above are used instead, so it is
+//!   untested there.
 //! * **fentry tier** (`fentry/tcp_conn_request`): counts SYN-phase overflows (the SYN arrives
 //!   while the accept queue is full; the kernel drops it without a drop reason, so no
 //!   tracepoint can see it). **Not runnable on the development/CI machines** (BTF trampolines
@@ -34,14 +43,14 @@ mod programs {
             bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
             bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         },
-        macros::{btf_tracepoint, fentry, map, tracepoint},
+        macros::{btf_tracepoint, fentry, fexit, map, tracepoint},
         maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-        programs::{BtfTracePointContext, FEntryContext, TracePointContext},
+        programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
     };
     use kubetune_probe_common::{
         Event, ListenInfo, ListenerKey, Offsets, OverflowCounts, PendingListen, AF_INET, AF_INET6,
-        EVENT_CLOSE, EVENT_LISTEN, EVENT_OVERFLOW, OVERFLOW_EVENT_GAP_NS, STAT_ACK_OVERFLOW,
-        STAT_CLOSE, STAT_COUNT, STAT_EVENTS_LOST, STAT_LISTEN_ENTER, STAT_LISTEN_OK,
+        EVENT_LISTEN, EVENT_OVERFLOW, OVERFLOW_EVENT_GAP_NS, STAT_ACK_OVERFLOW,
+        STAT_COUNT, STAT_EVENTS_LOST, STAT_LISTEN_ENTER, STAT_LISTEN_OK,
         STAT_LISTEN_RESOLVE_FAIL, STAT_OVERFLOW_EVENTS, STAT_OVERFLOW_EVENTS_SUPPRESSED,
         STAT_OVERFLOW_UNATTRIBUTED, STAT_SYN_OVERFLOW,
     };
@@ -68,25 +77,17 @@ mod programs {
         tp_enter_listen_fd: 0,
         tp_enter_listen_backlog: 0,
         tp_exit_listen_ret: 0,
-        tp_set_state_skaddr: 0,
-        tp_set_state_oldstate: 0,
-        tp_set_state_newstate: 0,
-        tp_set_state_protocol: 0,
         listen_overflow_reason: 0,
         valid: 0,
-        tp_set_state_sport: 0,
     };
-
-    const TCP_LISTEN: i32 = 10;
-    const TCP_CLOSE: i32 = 7;
-    const IPPROTO_TCP: u16 = 6;
 
     /// listen() arguments between syscall entry and exit, per thread.
     #[map]
     static PENDING: HashMap<u64, PendingListen> = HashMap::with_max_entries(4096, 0);
 
     /// Last listen() seen per listener (bounded LRU: a node with more live listeners than
-    /// this loses the requested backlog of the least recently listened ones).
+    /// this loses the requested backlog of the least recently listened ones). Entries of closed
+    /// listeners are removed by the agent's scan.
     #[map]
     static LISTENERS: LruHashMap<ListenerKey, ListenInfo> = LruHashMap::with_max_entries(16384, 0);
 
@@ -103,7 +104,8 @@ mod programs {
     #[map]
     static OVERFLOW_SENT: LruHashMap<ListenerKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
-    /// listen / close events for the agent (one record per syscall, not per packet).
+    /// listen and overflow events for the agent (one record per listen(), at most 10 per
+    /// second per overflowing listener; never per packet).
     #[map]
     static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -221,6 +223,19 @@ mod programs {
             let file: *const u8 = read(fd_array, (pending.fd as u32) * 8)?;
             let socket: *const u8 = read(file, o.file_private_data)?;
             let sk: *const u8 = read(socket, o.socket_sk)?;
+            record_listen(o, sk, pending.backlog as i32, id)
+        }
+    }
+
+    /// Records a successful `listen()` of `sk` (a `struct sock *`) by the current task.
+    #[inline(always)]
+    unsafe fn record_listen(
+        o: &Offsets,
+        sk: *const u8,
+        requested_backlog: i32,
+        id: u64,
+    ) -> Result<(), i32> {
+        unsafe {
             let key = listener_key(o, sk)?;
             let net: *const u8 = read(sk, o.sk_net)?;
             let info = ListenInfo {
@@ -229,7 +244,7 @@ mod programs {
                 cgroup_id: bpf_get_current_cgroup_id(),
                 pid: (id >> 32) as u32,
                 tid: id as u32,
-                requested_backlog: pending.backlog as i32,
+                requested_backlog,
                 effective_backlog: read(sk, o.sk_max_ack_backlog)?,
                 somaxconn: read(net, o.net_somaxconn)?,
                 ret: 0,
@@ -241,6 +256,37 @@ mod programs {
             emit(EVENT_LISTEN, info);
             Ok(())
         }
+    }
+
+    /// `inet_listen(struct socket *sock, int backlog)` returned: the listen record without
+    /// syscall tracepoints (and for io_uring listens too). BTF-trampoline tier: refused (EPERM)
+    /// on this project's CI machines, so untested there.
+    #[fexit(function = "inet_listen")]
+    pub fn kt_inet_listen(ctx: FExitContext) -> u32 {
+        let o = offsets();
+        if o.valid != 1 {
+            return 0;
+        }
+        bump(STAT_LISTEN_ENTER);
+        let socket: *const u8 = ctx.arg(0);
+        let backlog: i64 = ctx.arg(1);
+        let ret: i64 = ctx.arg(2);
+        if ret as i32 != 0 {
+            return 0;
+        }
+        let id = bpf_get_current_pid_tgid();
+        // SAFETY: kernel pointers are only dereferenced through bpf_probe_read_kernel.
+        let r = unsafe {
+            match read::<*const u8>(socket, o.socket_sk) {
+                Ok(sk) => record_listen(&o, sk, backlog as i32, id),
+                Err(e) => Err(e),
+            }
+        };
+        match r {
+            Ok(()) => bump(STAT_LISTEN_OK),
+            Err(_) => bump(STAT_LISTEN_RESOLVE_FAIL),
+        }
+        0
     }
 
     #[inline(always)]
@@ -258,64 +304,6 @@ mod programs {
         {
             bump(STAT_EVENTS_LOST);
         }
-    }
-
-    #[tracepoint(category = "sock", name = "inet_sock_set_state")]
-    pub fn kt_sock_set_state(ctx: TracePointContext) -> u32 {
-        let o = offsets();
-        if o.valid != 1 {
-            return 0;
-        }
-        // SAFETY: offsets come from the tracepoint's format file; sk read via probe_read.
-        unsafe {
-            // Every TCP state change of every socket lands here: test the cheapest, most
-            // selective field first (most transitions are not to CLOSE) and read the others
-            // only then — one helper call instead of three on the hot path.
-            let new: i32 = ctx.read_at(o.tp_set_state_newstate as usize).unwrap_or(0);
-            if new != TCP_CLOSE {
-                return 0;
-            }
-            let old: i32 = ctx.read_at(o.tp_set_state_oldstate as usize).unwrap_or(0);
-            if old != TCP_LISTEN {
-                return 0;
-            }
-            let proto: u16 = match ctx.read_at(o.tp_set_state_protocol as usize) {
-                Ok(p) => p,
-                Err(_) => return 0,
-            };
-            if proto != IPPROTO_TCP {
-                return 0;
-            }
-            let sk: *const u8 = match ctx.read_at(o.tp_set_state_skaddr as usize) {
-                Ok(p) => p,
-                Err(_) => return 0,
-            };
-            let mut key = match listener_key(&o, sk) {
-                Ok(k) => k,
-                Err(_) => return 0,
-            };
-            // The port may already be released (skc_num = 0); the tracepoint copied it.
-            if let Ok(sport) = ctx.read_at::<u16>(o.tp_set_state_sport as usize) {
-                key.port = sport;
-            }
-            bump(STAT_CLOSE);
-            let _ = LISTENERS.remove(key);
-            let _ = OVERFLOWS.remove(key);
-            let id = bpf_get_current_pid_tgid();
-            emit(
-                EVENT_CLOSE,
-                ListenInfo {
-                    key,
-                    ts_ns: bpf_ktime_get_ns(),
-                    cgroup_id: bpf_get_current_cgroup_id(),
-                    pid: (id >> 32) as u32,
-                    tid: id as u32,
-                    comm: bpf_get_current_comm().unwrap_or([0; 16]),
-                    ..ListenInfo::default()
-                },
-            );
-        }
-        0
     }
 
     /// Sends an `EVENT_OVERFLOW` for `key` unless one was sent less than

@@ -3,12 +3,18 @@
 //! [`Probe::load`] computes offsets (BTF + tracefs), loads the embedded object
 //! ([`PROBE_OBJECT`]), and tries each hook. The resulting [`Tier`]:
 //!
-//! * [`Tier::EbpfFentry`]: listen tracepoints + `tp_btf/kfree_skb` + `fentry/tcp_conn_request`
+//! * [`Tier::EbpfFentry`]: listen hook + `tp_btf/kfree_skb` + `fentry/tcp_conn_request`
 //!   (SYN-phase overflows counted in-kernel). **Not available on this project's CI machines**
 //!   (BTF trampolines are refused with EPERM there), so this tier is untested.
-//! * [`Tier::EbpfTracepoint`]: listen tracepoints (requested backlog etc.) + `tp_btf/kfree_skb`
+//! * [`Tier::EbpfTracepoint`]: listen hook (requested backlog etc.) + `tp_btf/kfree_skb`
 //!   (final-ACK-phase overflows). SYN-phase overflows come from the listener's `sk_drops`
 //!   (sock_diag). This is the tier tested in CI.
+//!
+//! The listen hook is `fexit/inet_listen` where the kernel allows BTF trampolines (untested
+//! here, refused with EPERM), else the `syscalls:sys_enter/exit_listen` tracepoints, which are
+//! then the only syscall tracepoints attached. There is no close hook (see the kernel programs'
+//! docs): the scanner removes the map entries of listeners it no longer finds
+//! ([`Probe::forget`]).
 //! * [`Tier::SockDiag`]: no eBPF at all (the agent's fallback mode; never returned by
 //!   `Probe::load`, which errors instead).
 
@@ -19,11 +25,11 @@ use std::collections::HashMap;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, FEntry, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use kubetune_probe_common::{
-    Event, ListenInfo, ListenerKey, OverflowCounts, STAT_ACK_OVERFLOW, STAT_CLOSE, STAT_COUNT,
+    Event, ListenInfo, ListenerKey, OverflowCounts, STAT_ACK_OVERFLOW, STAT_COUNT,
     STAT_EVENTS_LOST, STAT_LISTEN_ENTER, STAT_LISTEN_OK, STAT_LISTEN_RESOLVE_FAIL,
     STAT_OVERFLOW_EVENTS, STAT_OVERFLOW_EVENTS_SUPPRESSED, STAT_OVERFLOW_UNATTRIBUTED,
     STAT_SYN_OVERFLOW,
@@ -125,8 +131,6 @@ pub struct ProbeStats {
     pub listens_recorded: u64,
     /// Successful `listen()`s whose socket could not be resolved.
     pub listen_resolve_failures: u64,
-    /// Listener closes.
-    pub closes: u64,
     /// Final-ACK-phase overflows.
     pub ack_phase_overflows: u64,
     /// SYN-phase overflows (fentry tier).
@@ -160,18 +164,27 @@ impl std::fmt::Debug for Probe {
 
 const HOOK_ENTER: &str = "tracepoint/syscalls/sys_enter_listen";
 const HOOK_EXIT: &str = "tracepoint/syscalls/sys_exit_listen";
-const HOOK_STATE: &str = "tracepoint/sock/inet_sock_set_state";
+const HOOK_LISTEN_FEXIT: &str = "fexit/inet_listen";
 const HOOK_KFREE: &str = "tp_btf/kfree_skb";
 const HOOK_FENTRY: &str = "fentry/tcp_conn_request";
+
+/// Every hook [`Probe::load_selected`] knows, in attach order.
+pub const HOOKS: [&str; 5] = [HOOK_LISTEN_FEXIT, HOOK_ENTER, HOOK_EXIT, HOOK_KFREE, HOOK_FENTRY];
 
 impl Probe {
     /// Loads the programs and attaches every hook the kernel allows.
     ///
-    /// Required: the two `listen()` syscall tracepoints and `tp_btf/kfree_skb` (without them the
-    /// eBPF tier adds nothing over sock_diag, so an error is returned and the caller falls back).
-    /// Optional: `inet_sock_set_state` (listener close) and `fentry/tcp_conn_request` (SYN-phase
-    /// overflows; its success selects [`Tier::EbpfFentry`]).
+    /// Required: a listen hook (`fexit/inet_listen`, else both `listen()` syscall tracepoints)
+    /// and `tp_btf/kfree_skb` (without them the eBPF tier adds nothing over sock_diag, so an
+    /// error is returned and the caller falls back). Optional: `fentry/tcp_conn_request`
+    /// (SYN-phase overflows; its success selects [`Tier::EbpfFentry`]).
     pub fn load() -> Result<Probe, ProbeError> {
+        Self::load_selected(&|_| true)
+    }
+
+    /// [`Probe::load`] attaching only the hooks (names in [`HOOKS`]) that `selected` accepts —
+    /// for measuring each hook's cost. Only selected required hooks are required.
+    pub fn load_selected(selected: &dyn Fn(&str) -> bool) -> Result<Probe, ProbeError> {
         if PROBE_OBJECT.is_empty() {
             return Err(ProbeError::NotBuilt(PROBE_BUILD_ERROR.to_string()));
         }
@@ -199,8 +212,11 @@ impl Probe {
             .override_global("OFFSETS", &offs, true)
             .load(PROBE_OBJECT)?;
 
-        let hooks = attach_hooks(&mut ebpf, &btf);
+        let hooks = attach_hooks(&mut ebpf, &btf, selected);
         let fentry_ok = hooks.iter().any(|h| h.hook == HOOK_FENTRY && h.attached);
+        let fexit_listen = hooks
+            .iter()
+            .any(|h| h.hook == HOOK_LISTEN_FEXIT && h.attached);
 
         for h in &hooks {
             match &h.error {
@@ -208,7 +224,15 @@ impl Probe {
                 Some(e) => warn!(hook = h.hook, error = %e, "not attached"),
             }
         }
-        for required in [HOOK_ENTER, HOOK_EXIT, HOOK_KFREE] {
+        let required: &[&'static str] = if fexit_listen {
+            &[HOOK_KFREE]
+        } else {
+            &[HOOK_ENTER, HOOK_EXIT, HOOK_KFREE]
+        };
+        for &required in required {
+            if !selected(required) {
+                continue;
+            }
             if let Some(h) = hooks.iter().find(|h| h.hook == required && !h.attached) {
                 return Err(ProbeError::Hook {
                     hook: required,
@@ -279,6 +303,31 @@ impl Probe {
         Ok(out)
     }
 
+    /// Removes the records (`LISTENERS`, `OVERFLOWS`, `OVERFLOW_SENT`) of listeners that have
+    /// closed, as the scanner found them (there is no close hook). Returns how many keys went.
+    pub fn forget(&mut self, keys: &[ListenerKey]) -> usize {
+        if keys.is_empty() {
+            return 0;
+        }
+        let mut gone = 0;
+        if let Some(m) = self.ebpf.map_mut("LISTENERS") {
+            if let Ok(mut m) = BpfHashMap::<_, ListenerKey, ListenInfo>::try_from(m) {
+                gone = keys.iter().filter(|k| m.remove(k).is_ok()).count();
+            }
+        }
+        if let Some(m) = self.ebpf.map_mut("OVERFLOWS") {
+            if let Ok(mut m) = PerCpuHashMap::<_, ListenerKey, OverflowCounts>::try_from(m) {
+                keys.iter().for_each(|k| drop(m.remove(k)));
+            }
+        }
+        if let Some(m) = self.ebpf.map_mut("OVERFLOW_SENT") {
+            if let Ok(mut m) = BpfHashMap::<_, ListenerKey, u64>::try_from(m) {
+                keys.iter().for_each(|k| drop(m.remove(k)));
+            }
+        }
+        gone
+    }
+
     /// Program health counters.
     pub fn stats(&self) -> Result<ProbeStats, ProbeError> {
         let m: PerCpuArray<_, u64> =
@@ -293,7 +342,6 @@ impl Probe {
             listen_calls: v[STAT_LISTEN_ENTER as usize],
             listens_recorded: v[STAT_LISTEN_OK as usize],
             listen_resolve_failures: v[STAT_LISTEN_RESOLVE_FAIL as usize],
-            closes: v[STAT_CLOSE as usize],
             ack_phase_overflows: v[STAT_ACK_OVERFLOW as usize],
             syn_phase_overflows: v[STAT_SYN_OVERFLOW as usize],
             unattributed_overflows: v[STAT_OVERFLOW_UNATTRIBUTED as usize],
@@ -316,13 +364,13 @@ impl Probe {
             .collect()
     }
 
-    /// Hands the event ring buffer (listen, close and overflow events) to the caller, which
+    /// Hands the event ring buffer (listen and overflow events) to the caller, which
     /// then waits on it (it is pollable); [`Probe::drain_events`] returns nothing afterwards.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
     }
 
-    /// Takes every pending listen/close event out of the ring buffer.
+    /// Takes every pending listen/overflow event out of the ring buffer.
     pub fn drain_events(&mut self) -> Vec<Event> {
         let mut out = Vec::new();
         if let Some(rb) = self.events.as_mut() {
@@ -397,13 +445,26 @@ fn map_err(map: &'static str, e: aya::maps::MapError) -> ProbeError {
 
 /// Loads and attaches every program of the object; one status per hook (failures are recorded,
 /// not returned: which hooks are required is the caller's rule).
-fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf) -> Vec<HookStatus> {
+fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf, selected: &dyn Fn(&str) -> bool) -> Vec<HookStatus> {
     let status = |hook: &'static str, r: Result<(), String>| HookStatus {
         hook,
         attached: r.is_ok(),
         error: r.err(),
     };
     let mut hooks = Vec::new();
+    let not_selected = || Err("not selected".to_string());
+    let r = if selected(HOOK_LISTEN_FEXIT) {
+        program::<FExit>(ebpf, "kt_inet_listen").and_then(|p| {
+            p.load("inet_listen", btf)
+                .map_err(|e| format!("load: {e:#}"))?;
+            p.attach().map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        })
+    } else {
+        not_selected()
+    };
+    let fexit_listen = r.is_ok();
+    hooks.push(status(HOOK_LISTEN_FEXIT, r));
     for (prog, hook, cat, name) in [
         (
             "kt_enter_listen",
@@ -412,32 +473,40 @@ fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf) -> Vec<HookStatus> {
             "sys_enter_listen",
         ),
         ("kt_exit_listen", HOOK_EXIT, "syscalls", "sys_exit_listen"),
-        (
-            "kt_sock_set_state",
-            HOOK_STATE,
-            "sock",
-            "inet_sock_set_state",
-        ),
     ] {
-        let r = program::<TracePoint>(ebpf, prog).and_then(|p| {
-            p.load().map_err(|e| format!("load: {e}"))?;
-            p.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
-            Ok(())
-        });
+        let r = if fexit_listen {
+            Err(format!("not needed: {HOOK_LISTEN_FEXIT} attached"))
+        } else if !selected(hook) {
+            not_selected()
+        } else {
+            program::<TracePoint>(ebpf, prog).and_then(|p| {
+                p.load().map_err(|e| format!("load: {e}"))?;
+                p.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
+                Ok(())
+            })
+        };
         hooks.push(status(hook, r));
     }
-    let r = program::<BtfTracePoint>(ebpf, "kt_kfree_skb").and_then(|p| {
-        p.load("kfree_skb", btf).map_err(|e| format!("load: {e}"))?;
-        p.attach().map_err(|e| format!("attach: {e}"))?;
-        Ok(())
-    });
+    let r = if selected(HOOK_KFREE) {
+        program::<BtfTracePoint>(ebpf, "kt_kfree_skb").and_then(|p| {
+            p.load("kfree_skb", btf).map_err(|e| format!("load: {e}"))?;
+            p.attach().map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        })
+    } else {
+        not_selected()
+    };
     hooks.push(status(HOOK_KFREE, r));
-    let r = program::<FEntry>(ebpf, "kt_tcp_conn_request").and_then(|p| {
-        p.load("tcp_conn_request", btf)
-            .map_err(|e| format!("load: {e:#}"))?;
-        p.attach().map_err(|e| format!("attach: {e}"))?;
-        Ok(())
-    });
+    let r = if selected(HOOK_FENTRY) {
+        program::<FEntry>(ebpf, "kt_tcp_conn_request").and_then(|p| {
+            p.load("tcp_conn_request", btf)
+                .map_err(|e| format!("load: {e:#}"))?;
+            p.attach().map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        })
+    } else {
+        not_selected()
+    };
     hooks.push(status(HOOK_FENTRY, r));
     hooks
 }

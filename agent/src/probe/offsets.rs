@@ -259,29 +259,9 @@ pub fn compute(btf: &KernelBtf, tracefs: &Path) -> Result<Offsets, OffsetError> 
             "backlog",
         )?,
         tp_exit_listen_ret: tracepoint_field(tracefs, "syscalls", "sys_exit_listen", "ret")?,
-        tp_set_state_skaddr: tracepoint_field(tracefs, "sock", "inet_sock_set_state", "skaddr")?,
-        tp_set_state_oldstate: tracepoint_field(
-            tracefs,
-            "sock",
-            "inet_sock_set_state",
-            "oldstate",
-        )?,
-        tp_set_state_newstate: tracepoint_field(
-            tracefs,
-            "sock",
-            "inet_sock_set_state",
-            "newstate",
-        )?,
-        tp_set_state_protocol: tracepoint_field(
-            tracefs,
-            "sock",
-            "inet_sock_set_state",
-            "protocol",
-        )?,
         listen_overflow_reason: btf
             .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")?,
         valid: 1,
-        tp_set_state_sport: tracepoint_field(tracefs, "sock", "inet_sock_set_state", "sport")?,
     })
 }
 

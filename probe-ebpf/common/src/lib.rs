@@ -11,8 +11,9 @@
 
 /// Event kind in [`Event::kind`]: a successful `listen()`.
 pub const EVENT_LISTEN: u32 = 1;
-/// Event kind in [`Event::kind`]: a TCP listener went LISTEN → CLOSE.
-pub const EVENT_CLOSE: u32 = 2;
+// Kind 2 was a listener close (LISTEN → CLOSE, from `sock:inet_sock_set_state`); that hook
+// fired on every TCP state change of every socket, so it is gone: the agent's scan notices
+// closed listeners (see the agent's scanner).
 /// Event kind in [`Event::kind`]: a listener's accept queue overflowed (only `info.key` and
 /// `info.ts_ns` are set). Rate-limited in the kernel to one per listener per
 /// [`OVERFLOW_EVENT_GAP_NS`]; the counts themselves are in the `OVERFLOWS` map.
@@ -31,22 +32,20 @@ pub const STAT_LISTEN_ENTER: u32 = 0;
 pub const STAT_LISTEN_OK: u32 = 1;
 /// `listen()` calls that succeeded but whose `struct sock` could not be read (fd table walk failed).
 pub const STAT_LISTEN_RESOLVE_FAIL: u32 = 2;
-/// TCP listeners closed (LISTEN → CLOSE).
-pub const STAT_CLOSE: u32 = 3;
 /// Final-ACK-phase accept-queue overflows seen in `kfree_skb` (drop reason TCP_LISTEN_OVERFLOW).
-pub const STAT_ACK_OVERFLOW: u32 = 4;
+pub const STAT_ACK_OVERFLOW: u32 = 3;
 /// SYN-phase accept-queue overflows (fentry tier only).
-pub const STAT_SYN_OVERFLOW: u32 = 5;
+pub const STAT_SYN_OVERFLOW: u32 = 4;
 /// Overflows whose listener could not be attributed (no `rx_sk`, map full).
-pub const STAT_OVERFLOW_UNATTRIBUTED: u32 = 6;
+pub const STAT_OVERFLOW_UNATTRIBUTED: u32 = 5;
 /// Ring-buffer events dropped because the ring was full.
-pub const STAT_EVENTS_LOST: u32 = 7;
+pub const STAT_EVENTS_LOST: u32 = 6;
 /// [`EVENT_OVERFLOW`] events sent.
-pub const STAT_OVERFLOW_EVENTS: u32 = 8;
+pub const STAT_OVERFLOW_EVENTS: u32 = 7;
 /// Overflows that sent no event (another event for the listener within the gap).
-pub const STAT_OVERFLOW_EVENTS_SUPPRESSED: u32 = 9;
+pub const STAT_OVERFLOW_EVENTS_SUPPRESSED: u32 = 8;
 /// Number of slots in the `STATS` array.
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 9;
 
 /// Identity of one listening socket: network namespace + local address/port.
 ///
@@ -94,15 +93,15 @@ pub struct ListenInfo {
     pub comm: [u8; 16],
 }
 
-/// Ring-buffer record sent to the agent for each listen and each listener close.
+/// Ring-buffer record sent to the agent for each listen and each (rate-limited) overflow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// [`EVENT_LISTEN`], [`EVENT_CLOSE`] or [`EVENT_OVERFLOW`].
+    /// [`EVENT_LISTEN`] or [`EVENT_OVERFLOW`].
     pub kind: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// For a close event only `info.key`, `ts_ns`, `pid`, `tid`, `comm`, `cgroup_id` are set.
+    /// For an overflow event only `info.key` and `ts_ns` are set.
     pub info: ListenInfo,
 }
 
@@ -170,21 +169,10 @@ pub struct Offsets {
     pub tp_enter_listen_backlog: u32,
     /// `syscalls:sys_exit_listen` field `ret`.
     pub tp_exit_listen_ret: u32,
-    /// `sock:inet_sock_set_state` field `skaddr`.
-    pub tp_set_state_skaddr: u32,
-    /// `sock:inet_sock_set_state` field `oldstate`.
-    pub tp_set_state_oldstate: u32,
-    /// `sock:inet_sock_set_state` field `newstate`.
-    pub tp_set_state_newstate: u32,
-    /// `sock:inet_sock_set_state` field `protocol`.
-    pub tp_set_state_protocol: u32,
     /// Numeric value of `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`.
     pub listen_overflow_reason: u32,
     /// 1 when the agent filled this in.
     pub valid: u32,
-    /// `sock:inet_sock_set_state` field `sport` (host order; the socket's own `skc_num` may
-    /// already be 0 when a listener's LISTEN → CLOSE fires).
-    pub tp_set_state_sport: u32,
 }
 
 #[cfg(feature = "user")]
@@ -202,4 +190,4 @@ mod user {
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ListenInfo>() == 32 + 8 + 8 + 4 * 6 + 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 8 + core::mem::size_of::<ListenInfo>());
-const _: () = assert!(core::mem::size_of::<Offsets>() == 26 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 21 * 4);
