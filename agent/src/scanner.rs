@@ -711,7 +711,7 @@ impl Scanner {
     /// One netns's observation: who owns it, then each listener's (see [`Self::observe_listener`]).
     fn observe(
         &mut self,
-        raw: RawNetns,
+        mut raw: RawNetns,
         now: Instant,
         bpf_listeners: &HashMap<ListenerKey, ListenInfo>,
         bpf_overflows: &HashMap<ListenerKey, OverflowCounts>,
