@@ -162,14 +162,23 @@ impl DiagSocket {
                 .zip(buf.chunks_mut(NLMSG_HDR + REQ_LEN))
                 .enumerate()
             {
-                encode_request(b, (base + i + 1) as u32, NLM_F_REQUEST, l.family as u8, Some(l));
+                encode_request(
+                    b,
+                    (base + i + 1) as u32,
+                    NLM_F_REQUEST,
+                    l.family as u8,
+                    Some(l),
+                );
             }
             send(&self.0, &buf)?;
             out.resize(base + chunk.len(), None);
             recv_exact(&self.0, base, chunk.len(), &mut out)?;
         }
         for (slot, k) in out.iter_mut().zip(known) {
-            if slot.as_ref().is_some_and(|l| l.cookie != k.cookie || l.inode != k.inode) {
+            if slot
+                .as_ref()
+                .is_some_and(|l| l.cookie != k.cookie || l.inode != k.inode)
+            {
                 *slot = None;
             }
         }
@@ -465,7 +474,10 @@ mod tests {
     fn looks_up_known_listeners_and_misses_closed_ones() {
         let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let b = std::net::TcpListener::bind("[::1]:0").unwrap();
-        let ports = [a.local_addr().unwrap().port(), b.local_addr().unwrap().port()];
+        let ports = [
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        ];
         let sock = DiagSocket::open().unwrap();
         let known: Vec<DiagListener> = sock
             .dump()
@@ -478,7 +490,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let now = sock.lookup(&known).unwrap();
         let qa = now.iter().flatten().find(|l| l.port == ports[0]).unwrap();
-        assert_eq!(qa.queue, 1, "the unaccepted connection is in the accept queue");
+        assert_eq!(
+            qa.queue, 1,
+            "the unaccepted connection is in the accept queue"
+        );
         assert!(now.iter().all(Option::is_some), "{now:?}");
         drop(b);
         let now = sock.lookup(&known).unwrap();

@@ -446,14 +446,20 @@ fn ebpf_tier_periodic_scan_rereads_unchanged_netns_and_still_sees_queues_listene
         .spawn_listener(ListenerSpec::never_accepting(16))
         .unwrap();
     let (first, snap) = periodic_ns(&mut sc, &ns);
-    assert!(snap.full > 0 && snap.reread == 0, "first scan is full: {snap:?}");
+    assert!(
+        snap.full > 0 && snap.reread == 0,
+        "first scan is full: {snap:?}"
+    );
     assert_eq!(listener(&first, a.port()).queue_now, 0);
 
     // Nothing announced: the next scans re-read the netns, and see its queue fill and overflow
     // (SYN-phase, so only sk_drops / TcpExt show them) without a full sample.
     let _burst = ns.burst(a.port(), 60, Duration::from_millis(500)).unwrap();
     let (obs, snap) = periodic_ns(&mut sc, &ns);
-    assert!(snap.reread > 0, "unchanged namespaces are re-read: {snap:?}");
+    assert!(
+        snap.reread > 0,
+        "unchanged namespaces are re-read: {snap:?}"
+    );
     let l = listener(&obs, a.port());
     assert_eq!(l.queue_now, 17, "queue length from the re-read");
     assert_eq!(l.samples, 2);
@@ -461,7 +467,10 @@ fn ebpf_tier_periodic_scan_rereads_unchanged_netns_and_still_sees_queues_listene
     assert_eq!(l.process.as_ref().map(|p| p.pid), Some(std::process::id()));
     check_ground_truth(&ns, &obs, l);
     let counters = obs.counters.expect("TcpExt from the re-read");
-    assert_eq!(counters.listen_overflows, ns.nstat("TcpExtListenOverflows").unwrap());
+    assert_eq!(
+        counters.listen_overflows,
+        ns.nstat("TcpExtListenOverflows").unwrap()
+    );
 
     // A new listener: its listen() event sends the netns to a full sample.
     let b = ns.spawn_listener(ListenerSpec::never_accepting(8)).unwrap();

@@ -169,7 +169,13 @@ const HOOK_KFREE: &str = "tp_btf/kfree_skb";
 const HOOK_FENTRY: &str = "fentry/tcp_conn_request";
 
 /// Every hook [`Probe::load_selected`] knows, in attach order.
-pub const HOOKS: [&str; 5] = [HOOK_LISTEN_FEXIT, HOOK_ENTER, HOOK_EXIT, HOOK_KFREE, HOOK_FENTRY];
+pub const HOOKS: [&str; 5] = [
+    HOOK_LISTEN_FEXIT,
+    HOOK_ENTER,
+    HOOK_EXIT,
+    HOOK_KFREE,
+    HOOK_FENTRY,
+];
 
 impl Probe {
     /// Loads the programs and attaches every hook the kernel allows.
