@@ -61,6 +61,7 @@ pub fn facts_with(groups: Vec<NodeGroup>, cni: bool) -> ClusterFacts {
         tuning_cni: cni.then(|| TuningCni {
             network_name: "kubetune-tuning".into(),
         }),
+        ..Default::default()
     }
 }
 
