@@ -168,9 +168,14 @@ impl Placement {
             .map(|r| {
                 r.node_selector_terms
                     .iter()
-                    .map(|t| NodeSelectorTerm {
-                        match_expressions: strip(&t.match_expressions, &our_exprs),
-                        match_fields: strip(&t.match_fields, &our_fields),
+                    .filter_map(|t| {
+                        let left = NodeSelectorTerm {
+                            match_expressions: strip(&t.match_expressions, &our_exprs),
+                            match_fields: strip(&t.match_fields, &our_fields),
+                        };
+                        // A term that held only kubetune's requirements was kubetune's: gone.
+                        // (A term that was empty to begin with matches no node and stays.)
+                        (is_empty(t) || !is_empty(&left)).then_some(left)
                     })
                     .collect()
             })
@@ -196,6 +201,12 @@ impl Placement {
     }
 }
 
+/// A term without requirements (it matches no node).
+pub fn is_empty(t: &NodeSelectorTerm) -> bool {
+    t.match_expressions.as_ref().is_none_or(Vec::is_empty)
+        && t.match_fields.as_ref().is_none_or(Vec::is_empty)
+}
+
 fn strip(
     list: &Option<Vec<NodeSelectorRequirement>>,
     ours: &[NodeSelectorRequirement],
@@ -207,11 +218,11 @@ fn strip(
 /// The scheduler's rule for one term: an empty term matches no node; otherwise every
 /// expression (labels) and field (`metadata.name` only) requirement must hold.
 fn term_matches(t: &NodeSelectorTerm, node: &NodeFacts) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
+    if is_empty(t) {
         return false;
     }
+    let exprs = t.match_expressions.as_deref().unwrap_or_default();
+    let fields = t.match_fields.as_deref().unwrap_or_default();
     exprs
         .iter()
         .all(|r| requirement_holds(r, node.labels.get(&r.key).map(String::as_str)))
@@ -295,14 +306,18 @@ pub fn unsafe_on_nodes(
         .copied()
         .filter(|n| !n.accepts(name))
         .collect();
+    if !candidates.iter().any(|n| n.schedulable && n.accepts(name)) {
+        let why = if refusing.is_empty() {
+            "every node that accepts it is cordoned".to_string()
+        } else {
+            describe(name, &refusing)
+        };
+        return Err(format!(
+            "no schedulable node the pod may run on accepts it: {why}"
+        ));
+    }
     if refusing.is_empty() {
         return Ok(None);
-    }
-    if !candidates.iter().any(|n| n.schedulable && n.accepts(name)) {
-        return Err(format!(
-            "no schedulable node the pod may run on accepts it: {}",
-            describe(name, &refusing)
-        ));
     }
     let Some(label_key) = label_key(name) else {
         return Err(format!("{name} cannot be selected by a node label"));

@@ -14,7 +14,8 @@ use kubetune_crds::pod::sysctls as current_sysctls;
 use kubetune_crds::sysctl;
 use serde_json::{json, Map, Value};
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
+use k8s_openapi::api::core::v1::NodeSelectorRequirement;
+use kubetune_crds::placement;
 
 use crate::networks::{merged_networks, parse_networks};
 use crate::plan::Plan;
@@ -175,7 +176,7 @@ fn affinity_ops(pod: &Pod, plan: &Plan) -> Vec<PatchOperation> {
             .node_selector_terms
             .iter()
             .enumerate()
-            .filter(|(_, t)| !is_empty_term(t))
+            .filter(|(_, t)| !placement::is_empty(t))
             .flat_map(|(i, t)| {
                 let i = i.to_string();
                 let at = |list: &str| {
@@ -197,11 +198,6 @@ fn affinity_ops(pod: &Pod, plan: &Plan) -> Vec<PatchOperation> {
             })
             .collect(),
     }
-}
-
-fn is_empty_term(t: &NodeSelectorTerm) -> bool {
-    t.match_expressions.as_ref().is_none_or(Vec::is_empty)
-        && t.match_fields.as_ref().is_none_or(Vec::is_empty)
 }
 
 /// Ops appending each of `wanted` not already in `current` to the list at `path` (creating it).
