@@ -370,7 +370,7 @@ fn unsafe_by_nodes(
                 Some(r) => format!(
                     "not every node the pod may run on accepts it, so the pod requires a node \
                      labelled {}=allowed{}",
-                    r.label_key,
+                    r.label_key.as_deref().unwrap_or_default(),
                     if r.excluded_nodes.is_empty() {
                         String::new()
                     } else {
@@ -387,12 +387,23 @@ fn unsafe_by_nodes(
         });
     }
     match facts.unsafe_refusing_groups(name, &pod.placement.node_selector) {
-        Some(groups) if groups.is_empty() => Ok(Delivered {
-            how: DeliveryDecision::PodSecurityContext,
-            reason: reason::ALLOWED_UNSAFE_SYSCTL,
-            message: "every node the pod may run on lists it in allowedUnsafeSysctls".into(),
-            node_affinity: None,
-        }),
+        Some(groups) if groups.is_empty() => {
+            let req = placement::refused_on_nodes(name, &facts.nodes, &pod.placement)?;
+            let message = match &req {
+                None => "every node the pod may run on lists it in allowedUnsafeSysctls".into(),
+                Some(r) => format!(
+                    "every node group the pod may run on lists it in allowedUnsafeSysctls; the \
+                     pod is kept off {}, whose kubelet refused it",
+                    r.excluded_nodes.join(", ")
+                ),
+            };
+            Ok(Delivered {
+                how: DeliveryDecision::PodSecurityContext,
+                reason: reason::ALLOWED_UNSAFE_SYSCTL,
+                message,
+                node_affinity: req,
+            })
+        }
         None => Err("no configured node group may host the pod".to_string()),
         Some(g) => Err(format!(
             "node group(s) {} do not list it in allowedUnsafeSysctls",

@@ -156,8 +156,7 @@ impl Placement {
     /// added at an earlier admission, per the pod's decision record).
     pub fn of(pod: &Pod, ours: &[NodeRequirement]) -> Placement {
         let spec = pod.spec.as_ref();
-        let (our_exprs, our_fields): (Vec<_>, Vec<_>) = ours.iter().map(|r| r.to_k8s()).unzip();
-        let our_fields: Vec<_> = our_fields.into_iter().flatten().collect();
+        let (our_exprs, our_fields) = requirements(ours);
         let required_terms = spec
             .and_then(|s| s.affinity.as_ref())
             .and_then(|a| a.node_affinity.as_ref())
@@ -253,37 +252,84 @@ fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
 }
 
 /// A required node-affinity requirement kubetune adds so that a pod with an unsafe sysctl is
-/// scheduled only to nodes that accept it: the node carries `labelKey: allowed`, and is none of
-/// `excludedNodes` (nodes still labelled whose kubelet refused the sysctl or whose agent no
-/// longer lists it). It goes into every term of the pod's required node affinity.
+/// scheduled only to nodes that accept it: the node carries `labelKey: allowed` (node truth; no
+/// label under a node-groups override), and is none of `excludedNodes` (nodes whose kubelet
+/// refused the sysctl, or whose label is stale). It goes into every term of the pod's required
+/// node affinity.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRequirement {
     /// The sysctl that needs it.
     pub sysctl: String,
     /// `sysctl.kubetune.dev/<sysctl>`.
-    pub label_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_key: Option<String>,
     /// Nodes excluded by name, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_nodes: Vec<String>,
 }
 
 impl NodeRequirement {
-    /// The label expression and, when nodes are excluded, the `metadata.name NotIn` field
-    /// requirement.
-    pub fn to_k8s(&self) -> (NodeSelectorRequirement, Option<NodeSelectorRequirement>) {
-        let expr = NodeSelectorRequirement {
-            key: self.label_key.clone(),
+    /// The label requirement (`matchExpressions`), if any.
+    pub fn expression(&self) -> Option<NodeSelectorRequirement> {
+        self.label_key.as_ref().map(|k| NodeSelectorRequirement {
+            key: k.clone(),
             operator: "In".into(),
             values: Some(vec![LABEL_ALLOWED.into()]),
-        };
-        let field = (!self.excluded_nodes.is_empty()).then(|| NodeSelectorRequirement {
+        })
+    }
+
+    /// The `metadata.name NotIn` requirement (`matchFields`) when nodes are excluded.
+    pub fn field(&self) -> Option<NodeSelectorRequirement> {
+        (!self.excluded_nodes.is_empty()).then(|| NodeSelectorRequirement {
             key: "metadata.name".into(),
             operator: "NotIn".into(),
             values: Some(self.excluded_nodes.clone()),
-        });
-        (expr, field)
+        })
     }
+}
+
+/// The `matchExpressions` and `matchFields` entries of `reqs`.
+pub fn requirements(
+    reqs: &[NodeRequirement],
+) -> (Vec<NodeSelectorRequirement>, Vec<NodeSelectorRequirement>) {
+    (
+        reqs.iter()
+            .filter_map(NodeRequirement::expression)
+            .collect(),
+        reqs.iter().filter_map(NodeRequirement::field).collect(),
+    )
+}
+
+/// Under a node-groups override (no node truth for acceptance), the kubelet's refusals still
+/// win: nodes the pod may run on that refused `name` are excluded by name, and when every one
+/// of them refused, the sysctl is refused (`Err`).
+pub fn refused_on_nodes(
+    name: &str,
+    nodes: &[NodeFacts],
+    placement: &Placement,
+) -> Result<Option<NodeRequirement>, String> {
+    let n = sysctl::normalize_name(name);
+    let candidates: Vec<&NodeFacts> = nodes.iter().filter(|x| placement.may_run_on(x)).collect();
+    let refused: Vec<&NodeFacts> = candidates
+        .iter()
+        .copied()
+        .filter(|x| x.refused.contains(&n))
+        .collect();
+    if refused.is_empty() {
+        return Ok(None);
+    }
+    if refused.len() == candidates.len() {
+        return Err(format!(
+            "every node the pod may run on refused it: {}",
+            describe(name, &refused)
+        ));
+    }
+    Ok(Some(NodeRequirement {
+        sysctl: n,
+        label_key: None,
+        excluded_nodes: refused.iter().map(|x| x.name.clone()).collect(),
+    }))
 }
 
 /// How node truth answers for an unsafe sysctl on a pod with `placement`: delivered everywhere
@@ -329,7 +375,7 @@ pub fn unsafe_on_nodes(
         .collect();
     Ok(Some(NodeRequirement {
         sysctl: sysctl::normalize_name(name),
-        label_key,
+        label_key: Some(label_key),
         excluded_nodes,
     }))
 }

@@ -55,7 +55,7 @@ fn affinity(terms: Value) -> Value {
 fn req(excluded: &[&str]) -> NodeRequirement {
     NodeRequirement {
         sysctl: SOMAXCONN.into(),
-        label_key: LABEL.into(),
+        label_key: Some(LABEL.into()),
         excluded_nodes: excluded.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -408,4 +408,36 @@ fn slim_nodes_keep_what_the_facts_read() {
         "{v}"
     );
     assert!(v["spec"].get("podCIDR").is_none(), "{v}");
+}
+
+#[test]
+fn under_a_node_groups_override_the_kubelets_refusals_still_win() {
+    let mut f = facts(vec![node("a", "ingress", &[]), node("b", "ingress", &[])]);
+    f.node_groups = vec![kubetune_crds::facts::NodeGroup {
+        name: "all".into(),
+        node_selector: Default::default(),
+        allowed_unsafe_sysctls: vec![SOMAXCONN.into()],
+    }];
+    let anywhere = PodContext::default();
+    let d = decide(SOMAXCONN, "4096", Delivery::Auto, &f, &anywhere).unwrap();
+    assert_eq!(
+        d.node_affinity, None,
+        "no refusal yet: the override decides alone"
+    );
+    f.nodes[1].refused = vec![SOMAXCONN.into()];
+    let d = decide(SOMAXCONN, "4096", Delivery::Auto, &f, &anywhere).unwrap();
+    let want = NodeRequirement {
+        sysctl: SOMAXCONN.into(),
+        label_key: None,
+        excluded_nodes: vec!["b".into()],
+    };
+    assert_eq!(d.node_affinity, Some(want));
+    assert!(d.message.contains("kept off b"), "{}", d.message);
+    let on_b = PodContext {
+        placement: placed(json!({"nodeName": "b"})),
+        ..Default::default()
+    };
+    let e = decide(SOMAXCONN, "4096", Delivery::PodSecurityContext, &f, &on_b).unwrap_err();
+    assert_eq!(e.reason(), "RefusedUnsafeSysctl");
+    assert!(e.to_string().contains("b (its kubelet refused it"), "{e}");
 }

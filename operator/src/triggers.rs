@@ -89,19 +89,22 @@ pub fn facts_updates(
             warn!(error = %err, "cluster facts watch error");
         }
     };
+    let cm_api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let node_api = Api::<Node>::all(client.clone());
+    let tuning_api = Api::<NodeTuning>::all(client);
     let events = futures::stream::select_all([
-        watcher(Api::namespaced(client.clone(), namespace), by_name)
+        watcher(cm_api, by_name)
             .default_backoff()
             .reflect(cm_w)
             .map(|e| e.map(drop))
             .boxed(),
-        watcher(Api::all(client.clone()), cfg.clone())
+        watcher(node_api, cfg.clone())
             .default_backoff()
             .modify(slim_node)
             .reflect(node_w)
             .map(|e| e.map(drop))
             .boxed(),
-        watcher(Api::all(client), cfg)
+        watcher(tuning_api, cfg)
             .default_backoff()
             .reflect(tuning_w)
             .map(|e| e.map(drop))

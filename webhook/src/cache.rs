@@ -125,16 +125,36 @@ pub fn start(client: Client, own_namespace: &str) -> Arc<ReflectorSource> {
     let changed = Arc::new(Notify::new());
     let all = watcher::Config::default;
     let stores = Stores {
-        policies: spawn_reflector(Api::all(client.clone()), all(), changed.clone(), slim_meta),
-        namespaces: spawn_reflector(Api::all(client.clone()), all(), changed.clone(), slim_meta),
+        policies: spawn_reflector(
+            Api::<TuningPolicy>::all(client.clone()),
+            all(),
+            changed.clone(),
+            slim_meta,
+        ),
+        namespaces: spawn_reflector(
+            Api::<Namespace>::all(client.clone()),
+            all(),
+            changed.clone(),
+            slim_meta,
+        ),
         facts: spawn_reflector(
-            Api::namespaced(client.clone(), own_namespace),
+            Api::<ConfigMap>::namespaced(client.clone(), own_namespace),
             all().fields(&format!("metadata.name={FACTS_CONFIGMAP}")),
             changed.clone(),
             keep,
         ),
-        nodes: spawn_reflector(Api::all(client.clone()), all(), changed.clone(), slim_node),
-        tunings: spawn_reflector(Api::all(client), all(), changed.clone(), slim_meta),
+        nodes: spawn_reflector(
+            Api::<Node>::all(client.clone()),
+            all(),
+            changed.clone(),
+            slim_node,
+        ),
+        tunings: spawn_reflector(
+            Api::<NodeTuning>::all(client),
+            all(),
+            changed.clone(),
+            slim_meta,
+        ),
     };
     let source = Arc::new(ReflectorSource {
         current: RwLock::new(Arc::new(Snapshot::default())),

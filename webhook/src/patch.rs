@@ -132,13 +132,15 @@ const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
 /// would let the pod onto a refusing node). An empty term matches no node and stays as it is.
 /// Only appends; never rewrites what the pod has.
 fn affinity_ops(pod: &Pod, plan: &Plan) -> Vec<PatchOperation> {
-    let (exprs, fields): (Vec<_>, Vec<_>) = plan.node_affinity.iter().map(|r| r.to_k8s()).unzip();
-    let fields: Vec<NodeSelectorRequirement> = fields.into_iter().flatten().collect();
-    if exprs.is_empty() {
+    let (exprs, fields) = placement::requirements(&plan.node_affinity);
+    if exprs.is_empty() && fields.is_empty() {
         return Vec::new();
     }
     let term = || {
-        let mut t = json!({ "matchExpressions": exprs });
+        let mut t = json!({});
+        if !exprs.is_empty() {
+            t["matchExpressions"] = json!(exprs);
+        }
         if !fields.is_empty() {
             t["matchFields"] = json!(fields);
         }

@@ -87,7 +87,7 @@ fn some_nodes_accept_affinity_added_and_recorded() {
     assert_eq!(*terms(&doc), json!([{"matchExpressions": [ours()]}]));
     let d = decision(&doc);
     assert_eq!(d.node_affinity.len(), 1);
-    assert_eq!(d.node_affinity[0].label_key, LABEL);
+    assert_eq!(d.node_affinity[0].label_key.as_deref(), Some(LABEL));
     let e = &d.entries[0];
     assert_eq!(
         (e.outcome, e.reason.as_str()),
@@ -228,4 +228,21 @@ fn re_invocation_after_another_webhook_changed_the_affinity_stays_idempotent() {
         json!({"matchExpressions": [{"key": "pool", "operator": "Exists"}, ours()]})
     );
     assert_eq!(decision(&again), decision(&doc));
+}
+
+#[test]
+fn override_groups_with_a_refusing_node_exclude_it_by_name_only() {
+    let mut f = facts(false);
+    let mut refused = node("ingress-2", "ingress", &[]);
+    refused.refused = vec!["net.core.somaxconn".into()];
+    f.nodes = vec![node("ingress-1", "ingress", &[]), refused];
+    let doc = admit(
+        &pod(json!({"spec": {"nodeSelector": {"pool": "ingress"}}})),
+        &f,
+    );
+    assert_eq!(
+        *terms(&doc),
+        json!([{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["ingress-2"]}]}])
+    );
+    assert_eq!(decision(&doc).entries[0].outcome, Outcome::Injected);
 }
