@@ -11,6 +11,7 @@
 //!   decision.
 //! - [`podsec`]: the PodSecurity level a namespace enforces.
 //! - [`matching`]: label selectors and which policies select a pod, in precedence order.
+//! - [`placement`]: node truth (what each node accepts) and where a pod may be scheduled.
 //! - [`pod`]: what kubetune reads from a pod (its sysctls, its admission record).
 //! - [`reason`]: every machine-readable reason (decisions, conditions, events).
 //! - [`limits`]: message size limits and truncation.
@@ -21,6 +22,7 @@ pub mod facts;
 pub mod limits;
 pub mod matching;
 pub mod node;
+pub mod placement;
 pub mod pod;
 pub mod podsec;
 pub mod policy;
