@@ -418,6 +418,11 @@ pub struct Scanner {
     last_sample: SampleKinds,
 }
 
+/// Most namespaces whose handles a scanner keeps (3 file descriptors each, twice that while a
+/// resync reopens them, against the default soft limit of 1 024 descriptors; a node runs at
+/// most 110 pods by default); namespaces beyond it are sampled in full every scan.
+pub const MAX_CACHED: usize = 128;
+
 /// How often the per-netns sysctls other than somaxconn are re-read.
 pub const SYSCTL_REFRESH: Duration = Duration::from_secs(60);
 
@@ -580,7 +585,14 @@ impl Scanner {
             .filter(|(_, (at, _))| now.duration_since(*at) < SYSCTL_REFRESH)
             .map(|(k, _)| *k)
             .collect();
-        let (mut raws, vanished, errors) = sweep(to_sweep, fresh, incremental);
+        // New handles for at most MAX_CACHED namespaces in all (3 descriptors each); the rest
+        // are sampled in full every scan.
+        let keep = if incremental {
+            MAX_CACHED.saturating_sub(self.cache.len())
+        } else {
+            0
+        };
+        let (mut raws, vanished, errors) = sweep(to_sweep, fresh, keep);
         let swept: HashMap<u64, HashSet<ListenerKey>> = raws
             .iter()
             .map(|r| {
@@ -974,12 +986,12 @@ fn listener_owner(
 }
 
 /// Visits every netns on one dedicated thread (setns per netns; the thread dies afterwards so
-/// no other thread ever changes namespace). With `keep_handles`, opens each netns's
-/// [`NetnsHandles`] (and dumps through them) for later re-reads.
+/// no other thread ever changes namespace). For the first `keep_handles` namespaces, opens
+/// their [`NetnsHandles`] (and dumps through them) for later re-reads.
 fn sweep(
     refs: Vec<NetnsRef>,
     sysctls_fresh: HashSet<(u64, u64)>,
-    keep_handles: bool,
+    mut keep_handles: usize,
 ) -> (Vec<RawNetns>, usize, Vec<String>) {
     if refs.is_empty() {
         return (Vec::new(), 0, Vec::new());
@@ -1031,7 +1043,8 @@ fn sweep(
                         continue;
                     }
                 };
-                let handles = if keep_handles {
+                let handles = if keep_handles > 0 {
+                    keep_handles -= 1;
                     NetnsHandles::open()
                         .map_err(|e| debug!(netns = r.inode, error = %e, "netns handles"))
                         .ok()
