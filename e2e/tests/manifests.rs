@@ -177,6 +177,44 @@ fn webhook_is_highly_available_and_agent_least_privileged() {
         "kubetune-agent-node-truth",
     );
     assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    // The heartbeat: a namespaced Role (create/patch of Leases), each agent limited to the Lease
+    // of its own node by admission.
+    let hb = find(&objs, "Role", "kubetune-agent-heartbeat");
+    assert_eq!(hb["metadata"]["namespace"], OWN_NAMESPACE);
+    assert_eq!(
+        hb["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch"]}])
+    );
+    let vap = find(
+        &objs,
+        "ValidatingAdmissionPolicy",
+        "kubetune-agent-own-lease",
+    );
+    assert_eq!(vap["spec"]["failurePolicy"], "Fail");
+    let rule = &vap["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rule["resources"], json!(["leases"]));
+    assert!(
+        rule["operations"].to_string().contains("CREATE")
+            && rule["operations"].to_string().contains("UPDATE")
+    );
+    let check = vap["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        check.contains("request.name == 'kubetune-agent-' + request.userInfo.extra['authentication.kubernetes.io/node-name'][0]"),
+        "{check}"
+    );
+    assert_eq!(
+        kubetune_crds::heartbeat::lease_name("n"),
+        "kubetune-agent-n",
+        "the admission policy spells the lease name rule of kubetune_crds::heartbeat"
+    );
+    let binding = find(
+        &objs,
+        "ValidatingAdmissionPolicyBinding",
+        "kubetune-agent-own-lease",
+    );
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
     // The webhook writes nothing.
     for name in ["kubetune-webhook"] {
         for kind in ["ClusterRole", "Role"] {
@@ -651,6 +689,16 @@ const USES: &[Uses] = &[
     },
     Uses {
         component: "agent",
+        file: "agent/src/heartbeat.rs",
+        anchor: "let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);",
+        sites: &["api.patch(&name, &pp, &Patch::Apply(&body))"],
+        group: "coordination.k8s.io",
+        resource: "leases",
+        cluster: false,
+        name: None,
+    },
+    Uses {
+        component: "agent",
         file: "agent/src/nodepublish.rs",
         anchor: "let nodes: Api<Node> = Api::all(client.clone());",
         sites: &[".patch(name, &pp, &Patch::Apply(&labels_apply_body(name, spec)))"],
@@ -863,6 +911,16 @@ const USES: &[Uses] = &[
         group: "apps",
         resource: "daemonsets",
         cluster: true,
+        name: None,
+    },
+    Uses {
+        component: "operator",
+        file: "operator/src/controller.rs",
+        anchor: "let lease_api: Api<Lease> = Api::namespaced(client.clone(), &namespace);",
+        sites: &["watcher(lease_api, lease_cfg)"],
+        group: "coordination.k8s.io",
+        resource: "leases",
+        cluster: false,
         name: None,
     },
     Uses {
