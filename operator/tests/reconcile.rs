@@ -53,6 +53,18 @@ fn setup(
     facts: ClusterFacts,
     now: i64,
 ) -> Setup {
+    let healthy = vec![agent_lease(NODE, 100_000, -100_000)];
+    setup_with_leases(policies, pods, reports, facts, healthy, now)
+}
+
+fn setup_with_leases(
+    policies: Vec<TuningPolicy>,
+    pods: Vec<Pod>,
+    reports: Vec<ListenerReport>,
+    facts: ClusterFacts,
+    leases: Vec<k8s_openapi::api::coordination::v1::Lease>,
+    now: i64,
+) -> Setup {
     let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let ctx = Context::new(
@@ -62,7 +74,7 @@ fn setup(
             pods: store(pods),
             reports: store(reports),
             namespaces: store(Vec::<Namespace>::new()),
-            leases: store(vec![agent_lease(NODE, 100_000, -100_000)]),
+            leases: store(leases),
         },
         Arc::new(RwLock::new(facts)),
         Arc::new(Metrics::default()),
@@ -230,6 +242,52 @@ async fn status_is_server_side_applied_to_the_status_subresource_and_events_foll
         assert_eq!(ev.body["reportingController"], "kubetune-operator");
     }
     assert_eq!(action, Action::requeue(RESYNC));
+}
+
+/// The verified world, but the node's agent Lease was last renewed at t(400) (30 s): at t(500)
+/// the status PATCH says Verified=False NotObserved naming node-1, and nothing is verified.
+/// Without any Lease the message says the agent is gone.
+#[tokio::test]
+async fn a_stale_heartbeat_in_the_lease_store_is_not_observed() {
+    for (leases, says) in [
+        (
+            vec![agent_lease(NODE, 400, -100_000)],
+            "node node-1: agent heartbeat stale since 2025-01-01T00:07:10Z",
+        ),
+        (vec![], "node node-1: agent gone (no heartbeat Lease kubetune-agent-node-1)"),
+    ] {
+        let (p, pods, reports) = verified_world();
+        let Setup { ctx, mut handle } = setup_with_leases(
+            vec![p.clone()],
+            pods,
+            reports,
+            facts_allowing_somaxconn(),
+            leases,
+            500,
+        );
+        let pp = p.clone();
+        let server = tokio::spawn(async move {
+            let patch = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+            // The Applied event follows; answer whatever comes.
+            while let Ok(Some((_req, send))) =
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+            {
+                send.send_response(Response::builder().body(Body::from(b"{}".to_vec())).unwrap());
+            }
+            patch
+        });
+        reconcile(Arc::new(p), ctx).await.unwrap();
+        let patch = server.await.unwrap();
+        let s = &patch.body["status"];
+        assert_eq!(s["verifiedPods"], 0, "{s}");
+        assert_eq!(s["appliedPods"], 1, "{s}");
+        assert_eq!(s["phase"], "NotObservedYet", "{s}");
+        let v = &s["conditions"][2];
+        assert_eq!(v["type"], condition::VERIFIED);
+        assert_eq!(v["status"], "False");
+        assert_eq!(v["reason"], "NotObserved");
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
 }
 
 #[tokio::test]
