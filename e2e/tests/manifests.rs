@@ -1644,12 +1644,27 @@ fn operator_is_highly_available_on_one_lease() {
             }
         }
     }
+    // Besides the leader-election rule, only the heartbeat's: the operator reads the agents'
+    // Leases (list/watch, no write), the agent writes its node's (create/patch; the admission
+    // policy kubetune-agent-own-lease limits it to its own Lease).
+    let (named, heartbeat): (Vec<_>, Vec<_>) = grants
+        .into_iter()
+        .partition(|(_, r)| r["resourceNames"].is_array());
+    for (role, r) in &heartbeat {
+        let want = match role["metadata"]["name"].as_str().unwrap() {
+            "kubetune-operator" => json!(["list", "watch"]),
+            "kubetune-agent-heartbeat" => json!(["create", "patch"]),
+            other => panic!("unexpected rule on coordination.k8s.io in {other}: {r}"),
+        };
+        assert_eq!(role["kind"], "Role", "{role}");
+        assert_eq!(r["verbs"], want, "{role}");
+    }
     assert_eq!(
-        grants.len(),
+        named.len(),
         1,
-        "one rule on coordination.k8s.io: {grants:?}"
+        "one named rule on coordination.k8s.io: {named:?}"
     );
-    let (role, rule) = &grants[0];
+    let (role, rule) = &named[0];
     assert_eq!(role["kind"], "Role");
     assert_eq!(role["metadata"]["namespace"], args.namespace.as_str());
     assert_eq!(rule["resources"], json!(["leases"]));
