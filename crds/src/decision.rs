@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::placement::NodeRequirement;
 use crate::policy::DeliveryDecision;
 
 /// Annotation holding the JSON [`PodDecision`].
@@ -70,6 +71,10 @@ pub struct PodDecision {
     pub policies: Vec<PolicyRef>,
     /// One entry per (policy, sysctl).
     pub entries: Vec<DecisionEntry>,
+    /// Required node-affinity requirements kubetune added to the pod (one per unsafe sysctl
+    /// that not every candidate node accepts), sorted by sysctl.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_affinity: Vec<NodeRequirement>,
 }
 
 /// A policy that matched the pod at admission.

@@ -1,12 +1,14 @@
 //! Cluster facts (what the kubelets allow, whether tuning-CNI delivery is set up) and the pure
 //! per-sysctl delivery decision every component uses.
 //!
-//! The facts come from the ConfigMap `kubetune-cluster-facts` (key `facts.yaml`) in the
-//! operator's namespace, e.g.
+//! By default the facts are node truth: every Node with what its kubetune agent discovered
+//! (`NodeTuning`, see [`crate::placement`]), the oldest kubelet's version, no tuning CNI. The
+//! optional ConfigMap `kubetune-cluster-facts` (key `facts.yaml`) in kubetune's namespace
+//! overrides parts of it — every key is optional:
 //!
 //! ```yaml
-//! kubernetesVersion: "1.31"
-//! nodeGroups:                       # must cover every schedulable node
+//! kubernetesVersion: "1.31"         # instead of the oldest kubelet's version
+//! nodeGroups:                       # instead of node truth; must cover every schedulable node
 //! - name: ingress
 //!   nodeSelector: {node-role.example.com/ingress: "true"}
 //!   allowedUnsafeSysctls: ["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"]
@@ -22,6 +24,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::api::core::v1::Node;
+
+use crate::node::{NodeTuning, TuningCniState};
+use crate::placement::{self, NodeFacts, NodeRequirement, Placement};
 use crate::policy::{Delivery, DeliveryDecision};
 use crate::reason;
 use crate::sysctl::{self, KubeVersion, PodSecurityLevel, Scope, SysctlError};
@@ -73,14 +79,22 @@ pub struct TuningCni {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterFacts {
     /// Kubernetes version of the kubelets (the oldest, if mixed). Decides the safe set.
-    #[serde(with = "version_str")]
+    #[serde(default = "latest")]
     pub kubernetes_version: KubeVersion,
-    /// Node pools and their `allowedUnsafeSysctls`. Must cover every schedulable node.
-    #[serde(default)]
+    /// Node pools and their `allowedUnsafeSysctls` (an override: when not empty they decide
+    /// instead of `nodes`). Must cover every schedulable node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_groups: Vec<NodeGroup>,
     /// Tuning-CNI delivery; absent = disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuning_cni: Option<TuningCni>,
+    /// Node truth: every node with what it accepts, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeFacts>,
+}
+
+fn latest() -> KubeVersion {
+    KubeVersion::LATEST
 }
 
 impl Default for ClusterFacts {
@@ -89,31 +103,32 @@ impl Default for ClusterFacts {
             kubernetes_version: KubeVersion::LATEST,
             node_groups: Vec::new(),
             tuning_cni: None,
+            nodes: Vec::new(),
         }
     }
 }
 
-mod version_str {
-    use super::KubeVersion;
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &KubeVersion, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&v.to_string())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KubeVersion, D::Error> {
-        let s = String::deserialize(d)?;
-        KubeVersion::parse(&s).map_err(serde::de::Error::custom)
-    }
+/// The optional override document: every key may be absent.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Override {
+    #[serde(default)]
+    kubernetes_version: Option<String>,
+    #[serde(default)]
+    node_groups: Vec<NodeGroup>,
+    #[serde(default)]
+    tuning_cni: Option<TuningCni>,
 }
 
 /// Errors reading the facts document.
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
-    /// The ConfigMap or its key is missing.
-    #[error("{FACTS_CONFIGMAP}/{FACTS_KEY} missing")]
-    Missing,
     /// Not YAML of the expected shape.
     #[error("{FACTS_CONFIGMAP}/{FACTS_KEY} is invalid: {0}")]
     Invalid(#[from] serde_yaml::Error),
+    /// `kubernetesVersion` does not parse.
+    #[error("{FACTS_CONFIGMAP}/{FACTS_KEY} is invalid: {0}")]
+    Version(String),
 }
 
 impl ClusterFacts {
@@ -122,15 +137,42 @@ impl ClusterFacts {
         Ok(serde_yaml::from_str(s)?)
     }
 
-    /// The facts of the [`FACTS_CONFIGMAP`] ConfigMap (`None`: it does not exist). On error
-    /// every component falls back to `ClusterFacts::default()` (no unsafe sysctls, no tuning
-    /// CNI) — refusing rather than guessing.
-    pub fn from_configmap(cm: Option<&ConfigMap>) -> Result<Self, FactsError> {
-        let doc = cm
+    /// The facts every component decides from: node truth from `nodes` and their NodeTunings,
+    /// overridden by the ConfigMap where it says so. The version is the override's, else the
+    /// oldest kubelet's, else [`KubeVersion::LATEST`]. An invalid override is an error (callers
+    /// then refuse every unsafe sysctl rather than guess).
+    pub fn resolve(
+        cm: Option<&ConfigMap>,
+        nodes: &[&Node],
+        tunings: &[&NodeTuning],
+    ) -> Result<Self, FactsError> {
+        let o: Override = match cm
             .and_then(|c| c.data.as_ref())
             .and_then(|d| d.get(FACTS_KEY))
-            .ok_or(FactsError::Missing)?;
-        Self::from_yaml(doc)
+        {
+            Some(doc) if !doc.trim().is_empty() => serde_yaml::from_str(doc)?,
+            _ => Override::default(),
+        };
+        let nodes = placement::node_facts(nodes, tunings);
+        let kubernetes_version = match o.kubernetes_version {
+            Some(v) => KubeVersion::parse(&v).map_err(|e| FactsError::Version(e.to_string()))?,
+            None => nodes
+                .iter()
+                .filter_map(|n| n.kubelet_version)
+                .min()
+                .unwrap_or(KubeVersion::LATEST),
+        };
+        Ok(Self {
+            kubernetes_version,
+            node_groups: o.node_groups,
+            tuning_cni: o.tuning_cni,
+            nodes,
+        })
+    }
+
+    /// Does node truth decide (no `nodeGroups` override)?
+    pub fn node_truth(&self) -> bool {
+        self.node_groups.is_empty()
     }
 
     /// Would every node a pod with `pod_node_selector` may run on allow the unsafe sysctl `name`?
@@ -160,7 +202,7 @@ impl ClusterFacts {
 }
 
 /// What the delivery decision needs to know about the pod and its namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodContext {
     /// `spec.hostNetwork`.
     pub host_network: bool,
@@ -169,8 +211,8 @@ pub struct PodContext {
     /// The namespace's `pod-security.kubernetes.io/enforce` level and `enforce-version`
     /// (`latest` = [`KubeVersion::LATEST`]); `None` = no enforcement.
     pub pod_security: Option<(PodSecurityLevel, KubeVersion)>,
-    /// `spec.nodeSelector`.
-    pub node_selector: BTreeMap<String, String>,
+    /// Where the pod may be scheduled (nodeName, nodeSelector, required node affinity).
+    pub placement: Placement,
 }
 
 /// A delivery the decision chose.
@@ -182,6 +224,9 @@ pub struct Delivered {
     pub reason: &'static str,
     /// Human explanation.
     pub message: String,
+    /// The node-affinity requirement the pod needs so it lands only on nodes that accept the
+    /// sysctl (node truth, when only some of its candidate nodes do).
+    pub node_affinity: Option<NodeRequirement>,
 }
 
 /// Why a sysctl is not delivered to a pod.
@@ -276,20 +321,7 @@ pub fn decide(
             });
         }
     }
-    let cni = || -> Result<Delivered, String> {
-        match (&facts.tuning_cni, info.tuning_cni_capable()) {
-            (Some(c), true) => Ok(Delivered {
-                how: DeliveryDecision::TuningCni,
-                reason: reason::TUNING_CNI,
-                message: format!(
-                    "set by the tuning CNI plugin through network {}",
-                    c.network_name
-                ),
-            }),
-            (None, _) => Err("tuning-CNI delivery is not enabled in the cluster facts".into()),
-            (Some(_), false) => Err("the tuning plugin only writes /proc/sys/net sysctls".into()),
-        }
-    };
+    let cni = || tuning_cni(info.tuning_cni_capable(), facts, pod);
     if preference == Delivery::TuningCni {
         return cni().map_err(|detail| Refusal::TuningCniUnavailable { name: n, detail });
     }
@@ -298,24 +330,12 @@ pub fn decide(
             how: DeliveryDecision::PodSecurityContext,
             reason: reason::SAFE_SYSCTL,
             message: format!("safe sysctl in Kubernetes {}", facts.kubernetes_version),
+            node_affinity: None,
         });
     }
-    let refusing = facts.unsafe_refusing_groups(&n, &pod.node_selector);
-    if let Some(groups) = &refusing {
-        if groups.is_empty() {
-            return Ok(Delivered {
-                how: DeliveryDecision::PodSecurityContext,
-                reason: reason::ALLOWED_UNSAFE_SYSCTL,
-                message: "every node the pod may run on lists it in allowedUnsafeSysctls".into(),
-            });
-        }
-    }
-    let why_nodes = match refusing {
-        None => "no configured node group may host the pod".to_string(),
-        Some(g) => format!(
-            "node group(s) {} do not list it in allowedUnsafeSysctls",
-            g.join(", ")
-        ),
+    let why_nodes = match unsafe_by_nodes(&n, facts, pod) {
+        Ok(d) => return Ok(d),
+        Err(why) => why,
     };
     if preference == Delivery::Auto {
         match cni() {
@@ -331,5 +351,97 @@ pub fn decide(
     Err(Refusal::UnsafeNotAllowed {
         name: n,
         detail: why_nodes,
+    })
+}
+
+/// An unsafe sysctl through securityContext: per node group (override) or per node (node
+/// truth, possibly with a node-affinity requirement); `Err` says which nodes refuse.
+fn unsafe_by_nodes(
+    name: &str,
+    facts: &ClusterFacts,
+    pod: &PodContext,
+) -> Result<Delivered, String> {
+    if facts.node_truth() {
+        return placement::unsafe_on_nodes(name, &facts.nodes, &pod.placement).map(|req| {
+            let message = match &req {
+                None => "every node the pod may run on accepts it (its kubelet's \
+                         allowedUnsafeSysctls, as the node's kubetune agent reported)"
+                    .to_string(),
+                Some(r) => format!(
+                    "not every node the pod may run on accepts it, so the pod requires a node \
+                     labelled {}=allowed{}",
+                    r.label_key.as_deref().unwrap_or_default(),
+                    if r.excluded_nodes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" other than {}", r.excluded_nodes.join(", "))
+                    }
+                ),
+            };
+            Delivered {
+                how: DeliveryDecision::PodSecurityContext,
+                reason: reason::ALLOWED_UNSAFE_SYSCTL,
+                message,
+                node_affinity: req,
+            }
+        });
+    }
+    match facts.unsafe_refusing_groups(name, &pod.placement.node_selector) {
+        Some(groups) if groups.is_empty() => {
+            let req = placement::refused_on_nodes(name, &facts.nodes, &pod.placement)?;
+            let message = match &req {
+                None => "every node the pod may run on lists it in allowedUnsafeSysctls".into(),
+                Some(r) => format!(
+                    "every node group the pod may run on lists it in allowedUnsafeSysctls; the \
+                     pod is kept off {}, whose kubelet refused it",
+                    r.excluded_nodes.join(", ")
+                ),
+            };
+            Ok(Delivered {
+                how: DeliveryDecision::PodSecurityContext,
+                reason: reason::ALLOWED_UNSAFE_SYSCTL,
+                message,
+                node_affinity: req,
+            })
+        }
+        None => Err("no configured node group may host the pod".to_string()),
+        Some(g) => Err(format!(
+            "node group(s) {} do not list it in allowedUnsafeSysctls",
+            g.join(", ")
+        )),
+    }
+}
+
+/// Tuning-CNI delivery, when the cluster facts enable it, the sysctl is a `net.*` one and (node
+/// truth) every node the pod may run on has the plugin.
+fn tuning_cni(capable: bool, facts: &ClusterFacts, pod: &PodContext) -> Result<Delivered, String> {
+    let Some(c) = &facts.tuning_cni else {
+        return Err("tuning-CNI delivery is not enabled in the cluster facts".into());
+    };
+    if !capable {
+        return Err("the tuning plugin only writes /proc/sys/net sysctls".into());
+    }
+    if facts.node_truth() {
+        let missing: Vec<&str> = facts
+            .nodes
+            .iter()
+            .filter(|nd| pod.placement.may_run_on(nd) && nd.tuning_cni != TuningCniState::Installed)
+            .map(|nd| nd.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the tuning CNI plugin is not known to be installed on node(s) {}",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(Delivered {
+        how: DeliveryDecision::TuningCni,
+        reason: reason::TUNING_CNI,
+        message: format!(
+            "set by the tuning CNI plugin through network {}",
+            c.network_name
+        ),
+        node_affinity: None,
     })
 }

@@ -12,6 +12,7 @@
 //! - [`podsec`]: the PodSecurity level a namespace enforces.
 //! - [`matching`]: label selectors and which policies select a pod, in precedence order.
 //! - [`heartbeat`]: the node agent's per-node Lease (names, annotation, reading and writing it).
+//! - [`placement`]: node truth (what each node accepts) and where a pod may be scheduled.
 //! - [`pod`]: what kubetune reads from a pod (its sysctls, its admission record).
 //! - [`reason`]: every machine-readable reason (decisions, conditions, events).
 //! - [`limits`]: message size limits and truncation.
@@ -23,6 +24,7 @@ pub mod heartbeat;
 pub mod limits;
 pub mod matching;
 pub mod node;
+pub mod placement;
 pub mod pod;
 pub mod podsec;
 pub mod policy;

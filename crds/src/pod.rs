@@ -246,6 +246,7 @@ mod tests {
         let record = PodDecision {
             version: 1,
             policies: vec![],
+            node_affinity: vec![],
             entries: vec![DecisionEntry {
                 policy: "p".into(),
                 generation: 1,

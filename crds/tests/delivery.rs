@@ -24,12 +24,16 @@ fn facts(allow: &[&str], cni: bool) -> ClusterFacts {
         tuning_cni: cni.then(|| TuningCni {
             network_name: "kubetune-tuning".into(),
         }),
+        ..Default::default()
     }
 }
 
 fn on(pool: &str) -> PodContext {
     PodContext {
-        node_selector: [("pool".to_string(), pool.to_string())].into(),
+        placement: kubetune_crds::placement::Placement {
+            node_selector: [("pool".to_string(), pool.to_string())].into(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

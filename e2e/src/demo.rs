@@ -162,6 +162,7 @@ pub fn facts() -> ClusterFacts {
             allowed_unsafe_sysctls: vec!["net.core.somaxconn".into()],
         }],
         tuning_cni: None,
+        ..Default::default()
     }
 }
 

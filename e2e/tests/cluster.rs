@@ -837,12 +837,13 @@ fn status_keeps_updating_after_the_leader_pod_is_deleted() {
     .expect("operator replaced");
 }
 
-/// The facts ConfigMap replaced for one test; the saved one is applied back on drop (also when
-/// the test fails).
-struct FactsOverride(String);
+/// The facts override ConfigMap replaced for one test; the saved one is applied back on drop, or
+/// ours deleted when there was none (also when the test fails).
+struct FactsOverride(Option<String>);
 
 impl FactsOverride {
     fn apply(facts_yaml: &str) -> Self {
+        // The shipped install has no override ConfigMap (None: delete ours on drop).
         let saved = kubectl(
             &[
                 "-n",
@@ -852,10 +853,14 @@ impl FactsOverride {
                 "kubetune-cluster-facts",
                 "-o",
                 "json",
+                "--ignore-not-found",
             ],
             None,
         )
-        .expect("facts ConfigMap");
+        .expect("facts ConfigMap")
+        .trim()
+        .to_string();
+        let saved = (!saved.is_empty()).then_some(saved);
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "kubetune-cluster-facts", "namespace": "kubetune-system"},
             "data": {"facts.yaml": facts_yaml}});
@@ -871,7 +876,21 @@ impl FactsOverride {
 
 impl Drop for FactsOverride {
     fn drop(&mut self) {
-        let mut v: Value = serde_json::from_str(&self.0).unwrap();
+        let Some(saved) = &self.0 else {
+            let _ = kubectl(
+                &[
+                    "-n",
+                    "kubetune-system",
+                    "delete",
+                    "configmap",
+                    "kubetune-cluster-facts",
+                    "--ignore-not-found",
+                ],
+                None,
+            );
+            return;
+        };
+        let mut v: Value = serde_json::from_str(saved).unwrap();
         v["metadata"] = json!({"name": "kubetune-cluster-facts", "namespace": "kubetune-system"});
         let _ = kubectl(
             &["apply", "--server-side", "--force-conflicts", "-f", "-"],
@@ -900,8 +919,39 @@ fn a_refusing_kubelet_is_recorded_and_the_policy_says_so() {
         return;
     };
     let node = node.to_string();
+    let facts_args = [
+        "-n",
+        "kubetune-system",
+        "get",
+        "configmap",
+        "kubetune-cluster-facts",
+        "-o",
+        "json",
+    ];
+    let saved = kubectl(&facts_args, None).expect("facts ConfigMap");
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let mut v: Value = serde_json::from_str(&self.0).unwrap();
+            v["metadata"] =
+                json!({"name": "kubetune-cluster-facts", "namespace": "kubetune-system"});
+            let _ = kubectl(
+                &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+                Some(&v.to_string()),
+            );
+        }
+    }
+    let _restore = Restore(saved);
     let lying = "kubernetesVersion: \"1.31\"\nnodeGroups:\n- name: all-nodes\n  nodeSelector: {}\n  allowedUnsafeSysctls: [net.core.somaxconn]\n";
-    let _restore = FactsOverride::apply(lying);
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kubetune-cluster-facts", "namespace": "kubetune-system"},
+        "data": {"facts.yaml": lying}});
+    kubectl(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&cm.to_string()),
+    )
+    .expect("facts");
+    std::thread::sleep(Duration::from_secs(5)); // the webhook's and operator's facts watches
     ns.apply(policy(
         "guard",
         "guarded",
@@ -1420,9 +1470,19 @@ fn a_tuning_cni_policy_gets_its_network_attachment_definition() {
         eprintln!("skipping a_tuning_cni_policy_gets_its_network_attachment_definition: the NetworkAttachmentDefinition CRD (k8s.cni.cncf.io, Multus) is not installed");
         return;
     }
-    let _facts = FactsOverride::apply(
-        "kubernetesVersion: \"1.31\"\nnodeGroups:\n- name: all-nodes\n  nodeSelector: {}\n  allowedUnsafeSysctls: []\ntuningCni:\n  networkName: kubetune-tuning\n",
-    );
+    // Tuning-CNI delivery is used only where the nodes' agents found the tuning plugin.
+    let nts = get_json(&["get", "nodetunings", "-o", "json"]);
+    let items = nts["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty()
+        || !items
+            .iter()
+            .all(|nt| nt["spec"]["tuningCni"]["state"] == "Installed")
+    {
+        eprintln!("skipping a_tuning_cni_policy_gets_its_network_attachment_definition: not every node's NodeTuning reports the tuning CNI plugin Installed");
+        return;
+    }
+    // The shipped override (config/cluster-facts/override.yaml): tuning CNI enabled.
+    let _facts = FactsOverride::apply("tuningCni:\n  networkName: kubetune-tuning\n");
     ns.apply(policy(
         "cni",
         "web",

@@ -791,12 +791,33 @@ const USES: &[Uses] = &[
     Uses {
         component: "operator",
         file: "operator/src/triggers.rs",
-        anchor: "fields(&format!(\"metadata.name={FACTS_CONFIGMAP}\"))",
-        sites: &["watcher(api, cfg)"],
+        anchor: "let cm_api = Api::<ConfigMap>::namespaced(client.clone(), namespace);",
+        sites: &["watcher(cm_api"],
         group: "",
         resource: "configmaps",
         cluster: false,
         name: Some("kubetune-cluster-facts"),
+    },
+    // Node truth for the cluster facts.
+    Uses {
+        component: "operator",
+        file: "operator/src/triggers.rs",
+        anchor: "let node_api = Api::<Node>::all(client.clone());",
+        sites: &["watcher(node_api"],
+        group: "",
+        resource: "nodes",
+        cluster: true,
+        name: None,
+    },
+    Uses {
+        component: "operator",
+        file: "operator/src/triggers.rs",
+        anchor: "let tuning_api = Api::<NodeTuning>::all(client);",
+        sites: &["watcher(tuning_api"],
+        group: "kubetune.dev",
+        resource: "nodetunings",
+        cluster: true,
+        name: None,
     },
     // SysctlForbidden guard: read the node's NodeTuning, apply its status.
     Uses {
@@ -957,12 +978,33 @@ const USES: &[Uses] = &[
     Uses {
         component: "webhook",
         file: "webhook/src/cache.rs",
-        anchor: "Api::<ConfigMap>::namespaced(client, own_namespace),",
+        anchor: "Api::<ConfigMap>::namespaced(client.clone(), own_namespace),",
         sites: &["watcher(api, cfg)"],
         group: "",
         resource: "configmaps",
         cluster: false,
         name: Some("kubetune-cluster-facts"),
+    },
+    // Node truth: the Nodes (labels, cordons, kubelet versions) and their NodeTunings.
+    Uses {
+        component: "webhook",
+        file: "webhook/src/cache.rs",
+        anchor: "Api::<Node>::all(client.clone()),",
+        sites: &["watcher(api, cfg)"],
+        group: "",
+        resource: "nodes",
+        cluster: true,
+        name: None,
+    },
+    Uses {
+        component: "webhook",
+        file: "webhook/src/cache.rs",
+        anchor: "Api::<NodeTuning>::all(client),",
+        sites: &["watcher(api, cfg)"],
+        group: "kubetune.dev",
+        resource: "nodetunings",
+        cluster: true,
+        name: None,
     },
 ];
 
@@ -1681,4 +1723,26 @@ fn operator_is_highly_available_on_one_lease() {
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "kubetune-operator", "namespace": args.namespace}])
     );
+}
+
+/// The shipped install decides from node truth: no cluster-facts ConfigMap in config/default,
+/// and the optional override in config/cluster-facts parses as the components read it.
+#[test]
+fn shipped_install_needs_no_cluster_facts_and_the_override_parses() {
+    let objs = rendered();
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "kubetune-cluster-facts"),
+        "config/default must not ship hand-written cluster facts"
+    );
+    let path = repo_root().join("config/cluster-facts/override.yaml");
+    let docs = parse_multi(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(docs.len(), 1);
+    assert!(check_object(&docs[0]).is_empty());
+    let cm: k8s_openapi::api::core::v1::ConfigMap =
+        serde_json::from_value(docs[0].clone()).unwrap();
+    let f = kubetune_crds::facts::ClusterFacts::resolve(Some(&cm), &[], &[]).unwrap();
+    assert!(f.node_truth(), "the sample overrides tuning CNI only");
+    assert_eq!(f.tuning_cni.unwrap().network_name, "kubetune-tuning");
 }

@@ -58,7 +58,7 @@ use crate::restarts::{
 };
 use crate::status::{evaluate, phase, Evaluation};
 use crate::triggers::{facts_updates, heartbeat_changes, policies_for_report, refs_in, report_of};
-pub use crate::triggers::{parse_facts, policies_for_pod, selecting_policies, slim_pod};
+pub use crate::triggers::{policies_for_pod, selecting_policies, slim_pod};
 
 /// Resync period: every policy is recomputed at least this often.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -310,7 +310,7 @@ pub async fn run(
             future::ready(())
         });
     let facts = Arc::new(RwLock::new(ClusterFacts::default()));
-    let facts_changed = facts_updates(Api::namespaced(client.clone(), &namespace), facts.clone());
+    let facts_changed = facts_updates(client.clone(), &namespace, facts.clone());
     let stores = Stores {
         policies: policies.clone(),
         pods: pods.clone(),

@@ -69,7 +69,7 @@ pub use kubetune_crds::reason;
 pub use crate::guard::{forbidden_condition, forbidden_pods, Forbidden};
 
 /// Facts about the policy's environment that are not in the policy, pods or reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Environment {
     /// Delivery context of the namespace (its PodSecurity enforcement); pod-level fields stay
     /// default — per-pod refusals are read from the pods' admission records.

@@ -1,5 +1,6 @@
-//! Which changes reconcile which objects (the controllers' mapper functions), the watch of the
-//! cluster-facts ConfigMap, and what the operator keeps of a pod.
+//! Which changes reconcile which objects (the controllers' mapper functions), the watches behind
+//! the cluster facts (Nodes, NodeTunings, the optional override ConfigMap), and what the operator
+//! keeps of a pod.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -7,15 +8,17 @@ use std::time::Duration;
 
 use futures::{future, Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
 use kubetune_crds::facts::{ClusterFacts, FACTS_CONFIGMAP};
 use kubetune_crds::matching;
+use kubetune_crds::node::NodeTuning;
+use kubetune_crds::placement::slim_node;
 use kubetune_crds::policy::TuningPolicy;
 use kubetune_crds::report::ListenerReport;
 use tracing::{info, warn};
@@ -126,31 +129,63 @@ pub fn report_of(pod: &Pod) -> Option<ObjectRef<ListenerReport>> {
     Some(ObjectRef::new(&pod.name_any()).within(&pod.namespace()?))
 }
 
-/// The facts ConfigMap's watch: keeps `facts` current and yields once per actual change.
+/// The watches behind the cluster facts (the override ConfigMap in `namespace`, Nodes slimmed to
+/// what the facts read, NodeTunings): keeps `facts` current and yields once per actual change —
+/// a Node's status update that changes nothing kubetune reads yields nothing.
 pub fn facts_updates(
-    api: Api<ConfigMap>,
+    client: kube::Client,
+    namespace: &str,
     facts: Arc<RwLock<ClusterFacts>>,
 ) -> impl Stream<Item = ()> + Send {
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={FACTS_CONFIGMAP}"));
-    watcher(api, cfg).default_backoff().filter_map(move |e| {
-        let update = match e {
-            Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => Some(parse_facts(Some(&cm))),
-            Ok(watcher::Event::Delete(_)) => Some(parse_facts(None)),
-            Ok(_) => None,
-            Err(err) => {
-                warn!(error = %err, "facts ConfigMap watch error");
-                None
-            }
-        };
-        let changed = update.is_some_and(|f| {
-            let mut current = facts.write().unwrap_or_else(|e| e.into_inner());
-            let changed = *current != f;
-            if changed {
-                info!(tuning_cni = f.tuning_cni.is_some(), version = %f.kubernetes_version, "cluster facts updated");
-                *current = f;
-            }
-            changed
-        });
+    let (cms, cm_w) = reflector::store::<ConfigMap>();
+    let (nodes, node_w) = reflector::store::<Node>();
+    let (tunings, tuning_w) = reflector::store::<NodeTuning>();
+    let cfg = watcher::Config::default();
+    let by_name = cfg
+        .clone()
+        .fields(&format!("metadata.name={FACTS_CONFIGMAP}"));
+    let touched = |r: Result<(), watcher::Error>| {
+        if let Err(err) = r {
+            warn!(error = %err, "cluster facts watch error");
+        }
+    };
+    let cm_api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    let node_api = Api::<Node>::all(client.clone());
+    let tuning_api = Api::<NodeTuning>::all(client);
+    let events = futures::stream::select_all([
+        watcher(cm_api, by_name)
+            .default_backoff()
+            .reflect(cm_w)
+            .map(|e| e.map(drop))
+            .boxed(),
+        watcher(node_api, cfg.clone())
+            .default_backoff()
+            .modify(slim_node)
+            .reflect(node_w)
+            .map(|e| e.map(drop))
+            .boxed(),
+        watcher(tuning_api, cfg)
+            .default_backoff()
+            .reflect(tuning_w)
+            .map(|e| e.map(drop))
+            .boxed(),
+    ]);
+    events.filter_map(move |e| {
+        touched(e);
+        let nodes: Vec<Arc<Node>> = nodes.state();
+        let tunings: Vec<Arc<NodeTuning>> = tunings.state();
+        let f = resolve_facts(
+            cms.state().first().map(|c| c.as_ref()),
+            &nodes.iter().map(|n| n.as_ref()).collect::<Vec<_>>(),
+            &tunings.iter().map(|t| t.as_ref()).collect::<Vec<_>>(),
+        );
+        let mut current = facts.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != f;
+        if changed {
+            info!(tuning_cni = f.tuning_cni.is_some(), version = %f.kubernetes_version,
+                  nodes = f.nodes.len(), "cluster facts updated");
+            *current = f;
+        }
         future::ready(changed.then_some(()))
     })
 }
@@ -209,10 +244,15 @@ fn slim_container_statuses(
         .collect()
 }
 
-/// Facts from the ConfigMap (defaults when missing or invalid, logged).
-pub fn parse_facts(cm: Option<&ConfigMap>) -> ClusterFacts {
-    ClusterFacts::from_configmap(cm).unwrap_or_else(|e| {
-        warn!(error = %e, "cluster facts unusable; using defaults (no unsafe sysctls, no tuning CNI)");
+/// The cluster facts (node truth with the optional override); an invalid override refuses
+/// every unsafe sysctl until it is fixed (logged).
+pub fn resolve_facts(
+    cm: Option<&ConfigMap>,
+    nodes: &[&Node],
+    tunings: &[&NodeTuning],
+) -> ClusterFacts {
+    ClusterFacts::resolve(cm, nodes, tunings).unwrap_or_else(|e| {
+        warn!(error = %e, "cluster facts override unusable; refusing every unsafe sysctl until it is fixed");
         ClusterFacts::default()
     })
 }

@@ -254,7 +254,10 @@ async fn a_stale_heartbeat_in_the_lease_store_is_not_observed() {
             vec![agent_lease(NODE, 400, -100_000)],
             "node node-1: agent heartbeat stale since 2025-01-01T00:07:10Z",
         ),
-        (vec![], "node node-1: agent gone (no heartbeat Lease kubetune-agent-node-1)"),
+        (
+            vec![],
+            "node node-1: agent gone (no heartbeat Lease kubetune-agent-node-1)",
+        ),
     ] {
         let (p, pods, reports) = verified_world();
         let Setup { ctx, mut handle } = setup_with_leases(
@@ -272,7 +275,11 @@ async fn a_stale_heartbeat_in_the_lease_store_is_not_observed() {
             while let Ok(Some((_req, send))) =
                 tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
             {
-                send.send_response(Response::builder().body(Body::from(b"{}".to_vec())).unwrap());
+                send.send_response(
+                    Response::builder()
+                        .body(Body::from(b"{}".to_vec()))
+                        .unwrap(),
+                );
             }
             patch
         });

@@ -3,6 +3,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::facts::{ClusterFacts, NodeGroup, TuningCni};
+use kubetune_crds::node::{label_key, TuningCniState, LABEL_ALLOWED};
+use kubetune_crds::placement::NodeFacts;
 use kubetune_crds::policy::TuningPolicy;
 use kubetune_crds::sysctl::KubeVersion;
 use serde_json::{json, Value};
@@ -61,12 +63,53 @@ pub fn facts_with(groups: Vec<NodeGroup>, cni: bool) -> ClusterFacts {
         tuning_cni: cni.then(|| TuningCni {
             network_name: "kubetune-tuning".into(),
         }),
+        ..Default::default()
     }
 }
 
 /// Nodes in pool=ingress allow somaxconn, pool=general nothing; tuning CNI optional.
 pub fn facts(cni: bool) -> ClusterFacts {
     facts_with(vec![ingress_nodes(), general_nodes()], cni)
+}
+
+/// Node `name` (label `pool=<pool>`, Kubernetes 1.36) whose agent reported that its kubelet
+/// accepts `accepts` and labelled the node for them.
+pub fn node(name: &str, pool: &str, accepts: &[&str]) -> NodeFacts {
+    let mut labels: std::collections::BTreeMap<String, String> =
+        [("pool".to_string(), pool.to_string())].into();
+    for a in accepts {
+        labels.insert(label_key(a).expect("a label name"), LABEL_ALLOWED.into());
+    }
+    NodeFacts {
+        name: name.into(),
+        labels,
+        schedulable: true,
+        kubelet_version: Some(KubeVersion::new(1, 36)),
+        accepted: Some(accepts.iter().map(|s| s.to_string()).collect()),
+        refused: vec![],
+        tuning_cni: TuningCniState::NotInstalled,
+    }
+}
+
+/// Node truth (no override): `nodes`, Kubernetes 1.36.
+pub fn node_truth(nodes: Vec<NodeFacts>) -> ClusterFacts {
+    ClusterFacts {
+        kubernetes_version: KubeVersion::new(1, 36),
+        nodes,
+        ..Default::default()
+    }
+}
+
+/// Two nodes: `ingress-1` accepts somaxconn and tcp_max_syn_backlog, `general-1` nothing.
+pub fn mixed_nodes() -> ClusterFacts {
+    node_truth(vec![
+        node(
+            "ingress-1",
+            "ingress",
+            &["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"],
+        ),
+        node("general-1", "general", &[]),
+    ])
 }
 
 /// An AdmissionReview v1 CREATE of `object` — a `Pod`, or else a `TuningPolicy` — in

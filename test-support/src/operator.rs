@@ -52,6 +52,7 @@ pub fn facts_allowing_somaxconn() -> ClusterFacts {
             allowed_unsafe_sysctls: vec!["net.core.somaxconn".into()],
         }],
         tuning_cni: None,
+        ..Default::default()
     }
 }
 
@@ -65,6 +66,7 @@ pub fn facts_strict() -> ClusterFacts {
             allowed_unsafe_sysctls: vec![],
         }],
         tuning_cni: None,
+        ..Default::default()
     }
 }
 
@@ -162,6 +164,7 @@ pub fn decision(entries: &[E]) -> String {
     PodDecision {
         version: DECISION_VERSION,
         policies: refs,
+        node_affinity: vec![],
         entries: entries
             .iter()
             .map(|e| DecisionEntry {

@@ -31,10 +31,35 @@ pub struct Snapshot {
     pub policies: Vec<TuningPolicy>,
     /// Namespace labels by name.
     pub namespaces: BTreeMap<String, NamespaceFacts>,
-    /// Cluster facts (ConfigMap `kubetune-cluster-facts`).
+    /// Cluster facts: node truth (Nodes and their NodeTunings) with the optional
+    /// `kubetune-cluster-facts` ConfigMap override.
     pub facts: ClusterFacts,
     /// Answers already computed against this snapshot (starts empty; see [`PlanMemo`]).
     pub memo: PlanMemo,
+}
+
+impl Snapshot {
+    /// Same policies, namespaces and facts (the memo aside): a rebuild that changes nothing the
+    /// planner reads keeps the current snapshot and its memo.
+    pub fn same_inputs(&self, other: &Snapshot) -> bool {
+        self.facts == other.facts
+            && self.namespaces == other.namespaces
+            && versions(&self.policies) == versions(&other.policies)
+    }
+}
+
+/// Each policy's identity and `resourceVersion` (any change of a policy changes it).
+fn versions(p: &[TuningPolicy]) -> Vec<(Option<&str>, Option<&str>, Option<&str>)> {
+    p.iter()
+        .map(|p| {
+            let m = &p.metadata;
+            (
+                m.namespace.as_deref(),
+                m.name.as_deref(),
+                m.resource_version.as_deref(),
+            )
+        })
+        .collect()
 }
 
 /// Static configuration of the handlers.

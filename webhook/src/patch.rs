@@ -1,5 +1,6 @@
 //! JSONPatch from a [`Plan`]: merge into `spec.securityContext.sysctls` (the pod's own entries
-//! are kept, in order, and never removed), write the decision annotations, and select the
+//! are kept, in order, and never removed), add kubetune's node-affinity requirements to every
+//! term of the pod's required node affinity, write the decision annotations, and select the
 //! tuning-CNI network with `cni-args`. Idempotent: running the webhook again on the patched pod
 //! yields an empty patch.
 
@@ -12,6 +13,9 @@ use kubetune_crds::decision::{
 use kubetune_crds::pod::sysctls as current_sysctls;
 use kubetune_crds::sysctl;
 use serde_json::{json, Map, Value};
+
+use k8s_openapi::api::core::v1::NodeSelectorRequirement;
+use kubetune_crds::placement;
 
 use crate::networks::{merged_networks, parse_networks};
 use crate::plan::Plan;
@@ -78,7 +82,9 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> Patch {
             },
         }
     }
-    // 2. annotations
+    // 2. spec.affinity.nodeAffinity (required)
+    ops.extend(affinity_ops(pod, plan));
+    // 3. annotations
     let annotations = pod.metadata.annotations.as_ref();
     let get = |k: &str| annotations.and_then(|a| a.get(k));
     let mut wanted_ann: Vec<(&str, String)> = vec![
@@ -117,4 +123,102 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> Patch {
         }
     }
     Patch(ops)
+}
+
+const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
+
+/// Add the plan's node-affinity requirements: a new required term when the pod has none; else
+/// each missing requirement into every existing term (terms are ORed, so a term without it
+/// would let the pod onto a refusing node). An empty term matches no node and stays as it is.
+/// Only appends; never rewrites what the pod has.
+fn affinity_ops(pod: &Pod, plan: &Plan) -> Vec<PatchOperation> {
+    let (exprs, fields) = placement::requirements(&plan.node_affinity);
+    if exprs.is_empty() && fields.is_empty() {
+        return Vec::new();
+    }
+    let term = || {
+        let mut t = json!({});
+        if !exprs.is_empty() {
+            t["matchExpressions"] = json!(exprs);
+        }
+        if !fields.is_empty() {
+            t["matchFields"] = json!(fields);
+        }
+        t
+    };
+    let spec = pod.spec.as_ref();
+    let affinity = spec.and_then(|s| s.affinity.as_ref());
+    let node = affinity.and_then(|a| a.node_affinity.as_ref());
+    let required = node.and_then(|n| {
+        n.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    });
+    let base = ["spec", "affinity", "nodeAffinity", REQUIRED];
+    match (spec, affinity, node, required) {
+        (None, ..) => vec![add(
+            ptr(&["spec"]),
+            json!({"affinity": {"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": [term()]}}}}),
+        )],
+        (_, None, ..) => vec![add(
+            ptr(&base[..2]),
+            json!({"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": [term()]}}}),
+        )],
+        (_, _, None, _) => vec![add(
+            ptr(&base[..3]),
+            json!({REQUIRED: {"nodeSelectorTerms": [term()]}}),
+        )],
+        (_, _, _, None) => vec![add(ptr(&base), json!({"nodeSelectorTerms": [term()]}))],
+        (.., Some(r)) if r.node_selector_terms.is_empty() => {
+            vec![add(
+                ptr(&[&base[..], &["nodeSelectorTerms", "-"]].concat()),
+                term(),
+            )]
+        }
+        (.., Some(r)) => r
+            .node_selector_terms
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !placement::is_empty(t))
+            .flat_map(|(i, t)| {
+                let i = i.to_string();
+                let at = |list: &str| {
+                    let mut p: Vec<&str> = base.to_vec();
+                    p.extend(["nodeSelectorTerms", i.as_str(), list]);
+                    p.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+                };
+                let mut ops = append_missing(
+                    at("matchExpressions"),
+                    t.match_expressions.as_deref(),
+                    &exprs,
+                );
+                ops.extend(append_missing(
+                    at("matchFields"),
+                    t.match_fields.as_deref(),
+                    &fields,
+                ));
+                ops
+            })
+            .collect(),
+    }
+}
+
+/// Ops appending each of `wanted` not already in `current` to the list at `path` (creating it).
+fn append_missing(
+    path: Vec<String>,
+    current: Option<&[NodeSelectorRequirement]>,
+    wanted: &[NodeSelectorRequirement],
+) -> Vec<PatchOperation> {
+    let missing: Vec<&NodeSelectorRequirement> = wanted
+        .iter()
+        .filter(|w| !current.unwrap_or_default().contains(w))
+        .collect();
+    let tokens: Vec<&str> = path.iter().map(String::as_str).collect();
+    match current {
+        _ if missing.is_empty() => Vec::new(),
+        None => vec![add(ptr(&tokens), json!(missing))],
+        Some(_) => missing
+            .into_iter()
+            .map(|m| add(ptr(&[&tokens[..], &["-"]].concat()), json!(m)))
+            .collect(),
+    }
 }

@@ -9,6 +9,7 @@ use kubetune_crds::decision::{
 };
 use kubetune_crds::facts::{decide, ClusterFacts, PodContext};
 pub use kubetune_crds::matching::matching_policies;
+use kubetune_crds::placement::{NodeRequirement, Placement};
 pub use kubetune_crds::podsec::{PSA_ENFORCE, PSA_ENFORCE_VERSION};
 use kubetune_crds::policy::{
     desired_sysctls, validate_spec, DeliveryDecision, Mode, SpecError, TuningPolicy,
@@ -45,6 +46,8 @@ pub struct Plan {
     /// The NetworkAttachmentDefinition selected for tuning-CNI delivery (from the cluster facts);
     /// `Some` exactly when `tuning_cni` is not empty.
     pub tuning_network: Option<String>,
+    /// Required node-affinity requirements the pod gets (also in the decision record).
+    pub node_affinity: Vec<NodeRequirement>,
 }
 
 impl Plan {
@@ -54,16 +57,15 @@ impl Plan {
     }
 }
 
-/// The delivery context of a pod in a namespace.
-pub fn pod_context(pod: &Pod, ns: &NamespaceFacts) -> PodContext {
+/// The delivery context of a pod in a namespace; `ours` are the node-affinity requirements an
+/// earlier admission added (they do not narrow where the pod may run for this decision).
+pub fn pod_context(pod: &Pod, ns: &NamespaceFacts, ours: &[NodeRequirement]) -> PodContext {
     let spec = pod.spec.as_ref();
     PodContext {
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         host_ipc: spec.and_then(|s| s.host_ipc).unwrap_or(false),
         pod_security: ns.pod_security(),
-        node_selector: spec
-            .and_then(|s| s.node_selector.clone())
-            .unwrap_or_default(),
+        placement: Placement::of(pod, ours),
     }
 }
 
@@ -106,8 +108,9 @@ fn invalid_spec_refusal(sysctl: &str, errors: &[SpecError]) -> (&'static str, St
 /// 1. an invalid policy (any [`validate_spec`] error) contributes only `Refused` entries;
 /// 2. a sysctl already set by a higher-precedence policy is `Overridden`;
 /// 3. a sysctl the pod sets itself is `PodValueKept` (never overwritten);
-/// 4. [`decide`] picks the delivery or refuses (node-level, host namespaces, PodSecurity,
-///    allowedUnsafeSysctls per node group, tuning-CNI fallback); tuning CNI is also refused when
+/// 4. [`decide`] picks the delivery or refuses (node-level, host namespaces, PodSecurity, what
+///    the nodes the pod may run on accept — with a required node affinity when only some do —
+///    or the node groups of an override, tuning-CNI fallback); tuning CNI is also refused when
 ///    the pod's own Multus selection annotation is unreadable (kubetune will not rewrite it);
 /// 5. `DryRun` policies record `WouldInject` and claim nothing.
 pub fn plan(
@@ -126,11 +129,12 @@ pub fn plan(
             ..Default::default()
         };
     }
-    // What a previous invocation injected into securityContext (per the decision annotation)
-    // is ours on re-invocation, not the pod's own: needed for idempotency.
-    let ours = kubetune_crds::pod::decision(pod)
-        .map(|d| d.injected_into_security_context())
-        .unwrap_or_default();
+    // What a previous invocation injected into securityContext and added to the node affinity
+    // (per the decision annotation) is ours on re-invocation, not the pod's own: needed for
+    // idempotency.
+    let earlier = kubetune_crds::pod::decision(pod).unwrap_or_default();
+    let ours = earlier.injected_into_security_context();
+    let ctx = pod_context(pod, ns, &earlier.node_affinity);
     let is_ours = |n: &String, v: &String| ours.get(n).is_some_and(|o| sysctl::values_equal(o, v));
     let carried: Vec<(String, String)> = kubetune_crds::pod::sysctls(pod)
         .into_iter()
@@ -141,7 +145,7 @@ pub fn plan(
         .filter(|(n, v)| !is_ours(n, v))
         .cloned()
         .collect();
-    let first = plan_with_own(pod, ns, &matching, facts, &own);
+    let first = plan_with_own(pod, &ctx, &matching, facts, &own);
     // Sysctls the pod carries from an earlier admission (its decision record says kubetune put
     // them there) that this admission does not inject again: they stay on the pod — kubetune
     // never removes a sysctl — so from now on they are the pod's own. Without this the next
@@ -154,12 +158,12 @@ pub fn plan(
         return first;
     }
     own.extend(leftover);
-    plan_with_own(pod, ns, &matching, facts, &own)
+    plan_with_own(pod, &ctx, &matching, facts, &own)
 }
 
 fn plan_with_own(
     pod: &Pod,
-    ns: &NamespaceFacts,
+    pod_ctx: &PodContext,
     matching: &[&TuningPolicy],
     facts: &ClusterFacts,
     own: &BTreeMap<String, String>,
@@ -167,7 +171,7 @@ fn plan_with_own(
     let mut out = Plan::default();
     out.decision.version = DECISION_VERSION;
     let ctx = PlanContext {
-        pod: pod_context(pod, ns),
+        pod: pod_ctx.clone(),
         facts,
         own,
         networks_problem: pod
@@ -189,12 +193,15 @@ fn plan_with_own(
         });
         let spec_errors = validate_spec(&p.spec);
         for (sysctl, value) in desired_sysctls(&p.spec) {
-            let (outcome, delivery, reason, message) = if spec_errors.is_empty() {
+            let (outcome, delivery, reason, message, node_affinity) = if spec_errors.is_empty() {
                 ctx.step(p, &sysctl, &value, &claimed)
             } else {
                 let (reason, message) = invalid_spec_refusal(&sysctl, &spec_errors);
-                (Outcome::Refused, None, reason, message)
+                (Outcome::Refused, None, reason, message, None)
             };
+            if let (Outcome::Injected, Some(req)) = (outcome, node_affinity) {
+                out.node_affinity.push(req);
+            }
             if outcome == Outcome::Injected {
                 // `value` is canonical (desired_sysctls): injected and recorded alike.
                 match delivery {
@@ -217,6 +224,8 @@ fn plan_with_own(
         }
     }
     out.decision.policies = refs.into_iter().collect();
+    out.node_affinity.sort();
+    out.decision.node_affinity.clone_from(&out.node_affinity);
     if !out.tuning_cni.is_empty() {
         out.tuning_network = facts.tuning_cni.as_ref().map(|t| t.network_name.clone());
     }
@@ -233,8 +242,14 @@ struct PlanContext<'a> {
     networks_problem: Option<String>,
 }
 
-/// One decision entry's outcome, delivery, reason and message.
-type Step = (Outcome, Option<DeliveryDecision>, &'static str, String);
+/// One decision entry's outcome, delivery, reason, message and node-affinity requirement.
+type Step = (
+    Outcome,
+    Option<DeliveryDecision>,
+    &'static str,
+    String,
+    Option<NodeRequirement>,
+);
 
 impl PlanContext<'_> {
     /// Rules 2-5 of [`plan`] for one desired sysctl of a valid policy; `claimed` maps the
@@ -252,6 +267,7 @@ impl PlanContext<'_> {
                 None,
                 reason::OVERRIDDEN_BY_POLICY,
                 format!("policy {winner} sets {sysctl} with higher precedence"),
+                None,
             );
         }
         if let Some(v) = self.own.get(sysctl) {
@@ -260,6 +276,7 @@ impl PlanContext<'_> {
                 None,
                 reason::POD_VALUE_KEPT,
                 format!("the pod sets {sysctl}={v} itself; kubetune never overwrites it"),
+                None,
             );
         }
         match decide(sysctl, value, p.spec.delivery, self.facts, &self.pod) {
@@ -273,15 +290,23 @@ impl PlanContext<'_> {
                      kubetune does not rewrite it",
                     self.networks_problem.as_deref().unwrap_or_default()
                 ),
+                None,
             ),
             Ok(d) if p.spec.mode == Mode::DryRun => (
                 Outcome::WouldInject,
                 Some(d.how),
                 d.reason,
                 format!("DryRun: {}", d.message),
+                None,
             ),
-            Ok(d) => (Outcome::Injected, Some(d.how), d.reason, d.message),
-            Err(r) => (Outcome::Refused, None, r.reason(), r.to_string()),
+            Ok(d) => (
+                Outcome::Injected,
+                Some(d.how),
+                d.reason,
+                d.message,
+                d.node_affinity,
+            ),
+            Err(r) => (Outcome::Refused, None, r.reason(), r.to_string(), None),
         }
     }
 }

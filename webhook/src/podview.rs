@@ -2,8 +2,8 @@
 //!
 //! A full `k8s_openapi` Pod decode (containers, probes, quantities, ...) is most of the cost of
 //! an admission request; the webhook needs metadata (name, namespace, labels, annotations) and
-//! `spec.{hostNetwork, hostIPC, nodeSelector, securityContext.sysctls}` — and whether `spec`,
-//! `securityContext` and `sysctls` are present, which the patch depends on. Everything else is
+//! `spec.{hostNetwork, hostIPC, nodeName, nodeSelector, affinity, securityContext.sysctls}` — and
+//! whether `spec`, `securityContext` and `sysctls` are present, which the patch depends on. Everything else is
 //! skipped without being materialised.
 //!
 //! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::into_pod`] gives an
@@ -12,12 +12,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodSecurityContext, PodSpec, Sysctl};
+use k8s_openapi::api::core::v1::{Affinity, Pod, PodSecurityContext, PodSpec, Sysctl};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 /// The planner-relevant subset of a Pod.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct PodSubset {
     #[serde(default)]
     metadata: Option<MetaSubset>,
@@ -25,7 +25,7 @@ pub struct PodSubset {
     spec: Option<SpecSubset>,
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct MetaSubset {
     #[serde(default)]
@@ -40,7 +40,7 @@ struct MetaSubset {
     annotations: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct SpecSubset {
     #[serde(default)]
@@ -48,18 +48,22 @@ struct SpecSubset {
     #[serde(default, rename = "hostIPC")]
     host_ipc: Option<bool>,
     #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
     node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    affinity: Option<Affinity>,
     #[serde(default)]
     security_context: Option<SecurityContextSubset>,
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 struct SecurityContextSubset {
     #[serde(default)]
     sysctls: Option<Vec<SysctlSubset>>,
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 struct SysctlSubset {
     name: String,
     value: String,
@@ -107,7 +111,9 @@ impl PodSubset {
             spec: self.spec.map(|s| PodSpec {
                 host_network: s.host_network,
                 host_ipc: s.host_ipc,
+                node_name: s.node_name,
                 node_selector: s.node_selector,
+                affinity: s.affinity,
                 security_context: s.security_context.map(|sc| PodSecurityContext {
                     sysctls: sc.sysctls.map(|l| {
                         l.into_iter()

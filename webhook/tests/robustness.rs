@@ -102,9 +102,9 @@ fn arb_pod() -> impl Strategy<Value = Value> {
         any::<bool>(),
         prop::option::of("[a-z/@, ]{0,12}|\\[\\{\"name\":\"[a-z]{1,3}\"\\}\\]|\\[\\{"),
         prop::option::of(prop::sample::select(vec!["web", "db"])),
-        0..3usize,
+        (0..3usize, 0..5usize),
     )
-        .prop_map(|((sysctls, host_net, host_ipc, sc_shape), pool, with_ann, networks, app, decision)| {
+        .prop_map(|((sysctls, host_net, host_ipc, sc_shape), pool, with_ann, networks, app, (decision, affinity))| {
             let mut spec = json!({"hostNetwork": host_net, "hostIPC": host_ipc});
             // A pod naming the same sysctl twice is rejected by apiserver validation whatever
             // the webhook does, so the pod side keeps the first entry per (normalised) name.
@@ -119,6 +119,19 @@ fn arb_pod() -> impl Strategy<Value = Value> {
             }
             if let Some(p) = pool {
                 spec["nodeSelector"] = json!({"pool": p});
+            }
+            // Required node affinity of the pod's own: ORed terms, a DaemonSet-style pin, an
+            // empty term (matches nothing), a kubetune-looking requirement.
+            let terms = match affinity {
+                1 => Some(json!([{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ingress", "general"]}]},
+                                 {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["general-1"]}]}])),
+                2 => Some(json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["ingress-1"]}]}])),
+                3 => Some(json!([{}])),
+                4 => Some(json!([{"matchExpressions": [{"key": "sysctl.kubetune.dev/net.core.somaxconn", "operator": "In", "values": ["allowed"]}]}])),
+                _ => None,
+            };
+            if let Some(t) = terms {
+                spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": t}}});
             }
             let mut meta = json!({"labels": {}});
             if let Some(a) = app {
@@ -142,7 +155,31 @@ fn arb_pod() -> impl Strategy<Value = Value> {
         })
 }
 
+/// Cluster facts: node groups (override), node truth with nodes that differ, or node truth where
+/// every node accepts somaxconn and tcp_max_syn_backlog.
+fn cluster(kind: usize, cni: bool) -> kubetune_crds::facts::ClusterFacts {
+    let mut f = match kind {
+        0 => return facts(cni),
+        1 => mixed_nodes(),
+        _ => node_truth(vec![node(
+            "ingress-1",
+            "ingress",
+            &["net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog"],
+        )]),
+    };
+    f.tuning_cni = facts(cni).tuning_cni;
+    f
+}
+
 fn snapshot(policies: Vec<Value>, cni: bool, psa: usize) -> Snapshot {
+    snapshot_with(policies, cluster(0, cni), psa)
+}
+
+fn snapshot_with(
+    policies: Vec<Value>,
+    facts: kubetune_crds::facts::ClusterFacts,
+    psa: usize,
+) -> Snapshot {
     let policies = policies
         .into_iter()
         .map(|mut spec| {
@@ -170,7 +207,7 @@ fn snapshot(policies: Vec<Value>, cni: bool, psa: usize) -> Snapshot {
     Snapshot {
         policies,
         namespaces: [("shop".to_string(), shop)].into(),
-        facts: facts(cni),
+        facts,
         ..Default::default()
     }
 }
@@ -182,8 +219,8 @@ proptest! {
     /// to the object exactly as sent, only touches sysctls and annotations, never changes or
     /// drops the pod's own sysctls, and re-invocation on the result patches nothing.
     #[test]
-    fn plan_patch_apply_is_total_and_idempotent(policies in prop::collection::vec(arb_policy(), 1..4), p in arb_pod(), cni in any::<bool>(), psa in 0..4usize) {
-        let snap = snapshot(policies, cni, psa);
+    fn plan_patch_apply_is_total_and_idempotent(policies in prop::collection::vec(arb_policy(), 1..4), p in arb_pod(), cni in any::<bool>(), psa in 0..4usize, truth in 0..3usize) {
+        let snap = snapshot_with(policies, cluster(truth, cni), psa);
         let cfg = Config::new("kubetune-system", &[]);
         let mut raw = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "web-1", "namespace": "shop"},
