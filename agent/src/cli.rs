@@ -89,6 +89,16 @@ pub enum Cmd {
         #[arg(long, env = "KUBETUNE_NO_OVERFLOW_EVENTS", action = clap::ArgAction::SetTrue,
               value_parser = clap::builder::BoolishValueParser::new())]
         no_overflow_events: bool,
+        /// Namespace of this node's heartbeat Lease (the agent's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kubetune-system")]
+        namespace: String,
+        /// This agent pod's name (the heartbeat Lease's holderIdentity).
+        #[arg(long, env = "POD_NAME", default_value = "kubetune-agent")]
+        pod_name: String,
+        /// How often the node's heartbeat Lease is renewed (it lasts three periods). The API
+        /// cost is one write per node per period: 1,000 nodes at 10s = 100 writes/s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        heartbeat_period: Duration,
     },
     /// Load the eBPF programs, print the active tier and per-hook status as JSON, unload.
     Probe,

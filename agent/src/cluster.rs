@@ -3,7 +3,8 @@
 //! only when the observation changed, at most once per `min_write_interval` per pod — except
 //! that new overflows are written at once when the last write carrying overflows is that old
 //! ([`should_write`]). Overflow events re-sample a pod between scans ([`crate::events`]).
-//! Alongside, [`crate::nodepublish::run`] publishes what this node's kubelet accepts.
+//! Alongside, [`crate::nodepublish::run`] publishes what this node's kubelet accepts and
+//! [`crate::heartbeat::run`] renews the node's heartbeat Lease.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ pub struct RunConfig {
     pub min_write_interval: Duration,
     /// Re-sample a pod at once on the probe's overflow events (eBPF tiers); otherwise poll only.
     pub overflow_events: bool,
+    /// The node's heartbeat Lease ([`crate::heartbeat`]).
+    pub heartbeat: crate::heartbeat::HeartbeatConfig,
 }
 
 /// What was last written for a pod, and when.
@@ -224,6 +227,14 @@ pub async fn run(scanner: Scanner, cfg: RunConfig) -> Result<(), ClusterError> {
             }
         }
     });
+
+    // This node is watched from now on: the heartbeat says so every period while the process
+    // (and with it the scan loop below, whose end ends the process) lives.
+    tokio::spawn(crate::heartbeat::run(
+        client.clone(),
+        cfg.heartbeat.clone(),
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
 
     // What this node's kubelet accepts: node labels and the NodeTuning.
     tokio::spawn(crate::nodepublish::run(

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod cluster;
 pub mod diagnose;
 pub mod events;
+pub mod heartbeat;
 pub mod kubelet;
 pub mod metrics;
 pub mod netns;

@@ -73,17 +73,26 @@ fn main() -> anyhow::Result<()> {
             interval,
             min_write_interval,
             no_overflow_events,
+            namespace,
+            pod_name,
+            heartbeat_period,
         } => {
             let sc = scanner(&common);
             let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
             rt.block_on(kubetune_agent::cluster::run(
                 sc,
                 kubetune_agent::cluster::RunConfig {
-                    node_name,
+                    node_name: node_name.clone(),
                     metrics_addr: metrics,
                     interval,
                     min_write_interval,
                     overflow_events: !no_overflow_events,
+                    heartbeat: kubetune_agent::heartbeat::HeartbeatConfig {
+                        namespace,
+                        node_name: node_name.clone(),
+                        holder: pod_name,
+                        period: heartbeat_period,
+                    },
                 },
             ))?;
         }

@@ -11,6 +11,7 @@
 //!   decision.
 //! - [`podsec`]: the PodSecurity level a namespace enforces.
 //! - [`matching`]: label selectors and which policies select a pod, in precedence order.
+//! - [`heartbeat`]: the node agent's per-node Lease (names, annotation, reading and writing it).
 //! - [`placement`]: node truth (what each node accepts) and where a pod may be scheduled.
 //! - [`pod`]: what kubetune reads from a pod (its sysctls, its admission record).
 //! - [`reason`]: every machine-readable reason (decisions, conditions, events).
@@ -19,6 +20,7 @@
 
 pub mod decision;
 pub mod facts;
+pub mod heartbeat;
 pub mod limits;
 pub mod matching;
 pub mod node;

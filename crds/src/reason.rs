@@ -73,6 +73,9 @@ pub const DECISION_WITHOUT_SYSCTLS: &str = "DecisionWithoutSysctls";
 pub const SYSCTL_FORBIDDEN: &str = "SysctlForbidden";
 /// Verified: waiting for the agent's observation or for the window to elapse.
 pub const NOT_OBSERVED_YET: &str = "NotObservedYet";
+/// Verified: applied pods whose node's agent does not watch them now, or did not watch them
+/// through the whole clean window (heartbeat Lease missing or stale, agent restarted mid-window).
+pub const NOT_OBSERVED: &str = "NotObserved";
 /// Verified: the netns shows another value than the one injected.
 pub const VALUE_MISMATCH: &str = "ValueMismatch";
 /// Verified: the accept queues of applied pods still overflow.
@@ -122,6 +125,7 @@ pub const ALL: &[&str] = &[
     DECISION_WITHOUT_SYSCTLS,
     SYSCTL_FORBIDDEN,
     NOT_OBSERVED_YET,
+    NOT_OBSERVED,
     VALUE_MISMATCH,
     STILL_OVERFLOWING,
     APPLICATION_BACKLOG_BOUND,

@@ -151,6 +151,13 @@ fn kubetunes_own_requirements_do_not_narrow_the_placement() {
     assert!(ours.may_run_on(&b) && ours.may_run_on(&c), "{ours:?}");
 }
 
+/// (nodes, placement, Ok(requirement) | Err(substring of the reason)).
+type Case<'a> = (
+    Vec<NodeFacts>,
+    &'a Placement,
+    Result<Option<NodeRequirement>, &'a str>,
+);
+
 #[test]
 fn unsafe_sysctl_per_node() {
     let a = || node("a", "ingress", &[SOMAXCONN]);
@@ -167,11 +174,7 @@ fn unsafe_sysctl_per_node() {
     let on_general = placed(json!({"nodeSelector": {"pool": "general"}}));
     let on_a = placed(json!({"nodeName": "a"}));
     // (nodes, placement, Ok(requirement) | Err(substring))
-    let cases: Vec<(
-        Vec<NodeFacts>,
-        &Placement,
-        Result<Option<NodeRequirement>, &str>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (vec![a()], &anywhere, Ok(None)),
         (vec![a(), b()], &anywhere, Ok(Some(req(&[])))),
         (vec![a(), b()], &on_a, Ok(None)),

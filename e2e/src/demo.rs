@@ -288,6 +288,8 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
     }
     writeln!(w, "== 1. kubetune-agent starts on the node ==")?;
     let (mut scanner, tier) = start_agent(cfg, w)?;
+    // The agent watches this node from now on, without a gap (the demo is its heartbeat).
+    let agent_started = k8s_openapi::jiff::Timestamp::now();
     let kubelet = FakeKubelet::new(
         node_config(cfg),
         cfg.prefix.clone(),
@@ -340,6 +342,7 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
         &admitted,
         &reports,
         &facts(),
+        agent_started,
         k8s_openapi::jiff::Timestamp::now(),
     );
     crate::demo_status::print(w, &first)?;
@@ -358,6 +361,7 @@ pub async fn run(cfg: &DemoConfig, w: &mut dyn Write) -> Result<DemoOutcome, Dem
         &admitted,
         &reports,
         &facts(),
+        agent_started,
         k8s_openapi::jiff::Timestamp::now(),
     );
     crate::demo_status::print(w, &statuses)?;

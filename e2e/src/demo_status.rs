@@ -5,28 +5,51 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kubetune_crds::facts::ClusterFacts;
+use kubetune_crds::heartbeat::Heartbeat;
 use kubetune_crds::report::ListenerReport;
 use kubetune_crds::{TuningPolicy, TuningPolicyStatus};
+use kubetune_operator::status::Environment;
 
-/// `compute_status` for every policy at `now`.
+/// The operator's `evaluate` for every policy at `now`, with the demo's agent watching the
+/// reports' nodes since `agent_started` (its heartbeat renewed at `now`).
 pub fn statuses(
     policies: &[TuningPolicy],
     pods: &BTreeMap<String, Pod>,
     reports: &[ListenerReport],
     facts: &ClusterFacts,
-    now: k8s_openapi::jiff::Timestamp,
+    agent_started: Timestamp,
+    now: Timestamp,
 ) -> BTreeMap<String, TuningPolicyStatus> {
+    let agents = reports
+        .iter()
+        .map(|r| {
+            let hb = Heartbeat {
+                holder: "kubetune-agent-demo".into(),
+                renewed: now,
+                duration: SignedDuration::from_secs(30),
+                watching_since: agent_started,
+            };
+            (r.spec.node_name.clone(), hb)
+        })
+        .collect();
+    let env = Environment {
+        agents,
+        ..Environment::default()
+    };
     policies
         .iter()
         .map(|p| {
-            let st = kubetune_operator::status::compute_status(
+            let st = kubetune_operator::status::evaluate(
                 p,
                 pods.values(),
                 reports.iter(),
                 facts,
+                &env,
                 now,
-            );
+            )
+            .status;
             (p.metadata.name.clone().unwrap_or_default(), st)
         })
         .collect()

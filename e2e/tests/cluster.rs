@@ -1054,6 +1054,68 @@ fn status_keeps_updating_after_the_leader_pod_is_deleted() {
     .expect("operator replaced");
 }
 
+/// The facts override ConfigMap replaced for one test; the saved one is applied back on drop, or
+/// ours deleted when there was none (also when the test fails).
+struct FactsOverride(Option<String>);
+
+impl FactsOverride {
+    fn apply(facts_yaml: &str) -> Self {
+        // The shipped install has no override ConfigMap (None: delete ours on drop).
+        let saved = kubectl(
+            &[
+                "-n",
+                "kubetune-system",
+                "get",
+                "configmap",
+                "kubetune-cluster-facts",
+                "-o",
+                "json",
+                "--ignore-not-found",
+            ],
+            None,
+        )
+        .expect("facts ConfigMap")
+        .trim()
+        .to_string();
+        let saved = (!saved.is_empty()).then_some(saved);
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kubetune-cluster-facts", "namespace": "kubetune-system"},
+            "data": {"facts.yaml": facts_yaml}});
+        kubectl(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&cm.to_string()),
+        )
+        .expect("facts");
+        std::thread::sleep(Duration::from_secs(5)); // the webhook's and operator's facts watches
+        FactsOverride(saved)
+    }
+}
+
+impl Drop for FactsOverride {
+    fn drop(&mut self) {
+        let Some(saved) = &self.0 else {
+            let _ = kubectl(
+                &[
+                    "-n",
+                    "kubetune-system",
+                    "delete",
+                    "configmap",
+                    "kubetune-cluster-facts",
+                    "--ignore-not-found",
+                ],
+                None,
+            );
+            return;
+        };
+        let mut v: Value = serde_json::from_str(saved).unwrap();
+        v["metadata"] = json!({"name": "kubetune-cluster-facts", "namespace": "kubetune-system"});
+        let _ = kubectl(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&v.to_string()),
+        );
+    }
+}
+
 /// The SysctlForbidden guard: facts that wrongly say every node allows `net.core.somaxconn`
 /// (the override a person might leave behind), a 1-replica Deployment pinned to a node whose
 /// kubelet refuses it. Within 15 s of the first `SysctlForbidden` pod the policy's Applied
@@ -1483,4 +1545,267 @@ fn rollout_policy_restarts_a_running_deployment_once() {
         before["spec"]["template"]["metadata"]["annotations"],
         after["spec"]["template"]["metadata"]["annotations"]
     );
+}
+
+/// The agent DaemonSet scheduled on no node (a nodeSelector no node matches), until drop, which
+/// removes the selector again and waits for the agents (also when the test fails).
+struct AgentStopped;
+
+impl AgentStopped {
+    fn stop() -> Self {
+        let sys = ["-n", "kubetune-system"];
+        kubectl(
+            &[
+                sys[0],
+                sys[1],
+                "patch",
+                "daemonset/kubetune-agent",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"template":{"spec":{"nodeSelector":{"kubetune.dev/e2e-no-such-node":"true"}}}}}"#,
+            ],
+            None,
+        )
+        .expect("schedule the agent nowhere");
+        let stopped = AgentStopped;
+        kubectl(
+            &[
+                sys[0],
+                sys[1],
+                "wait",
+                "--for=delete",
+                "pod",
+                "-l",
+                "app.kubernetes.io/name=kubetune-agent",
+                "--timeout=120s",
+            ],
+            None,
+        )
+        .expect("agent pods gone");
+        stopped
+    }
+}
+
+impl Drop for AgentStopped {
+    fn drop(&mut self) {
+        let sys = ["-n", "kubetune-system"];
+        let _ = kubectl(
+            &[
+                sys[0],
+                sys[1],
+                "patch",
+                "daemonset/kubetune-agent",
+                "--type=json",
+                "-p",
+                r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]"#,
+            ],
+            None,
+        );
+        let _ = kubectl(
+            &[
+                sys[0],
+                sys[1],
+                "rollout",
+                "status",
+                "daemonset/kubetune-agent",
+                "--timeout=180s",
+            ],
+            None,
+        );
+    }
+}
+
+fn condition(tp: &Value, type_: &str) -> Option<Value> {
+    tp["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Verified is given only while the pod's node agent watches: every node's agent renews its
+/// heartbeat Lease `kubetune-agent-<node>` (holder = the agent pod, 30 s, `watching-since`);
+/// with the agents stopped, the policy that was Verified turns `Verified=False NotObserved`
+/// naming the pod's node within the lease duration; with the agents back it is Verified again
+/// after the restarted agent's window.
+#[test]
+fn a_pod_whose_agent_is_gone_is_not_verified_and_the_condition_names_its_node() {
+    let Some((_g, ns)) = setup("agentgone", &[]) else {
+        return;
+    };
+    ns.apply(policy(
+        "keepalive",
+        "web",
+        json!({"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "600"}],
+               "verificationWindowSeconds": 30}),
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3)); // reflector sync in the webhook
+    ns.apply(pod("web-1", "web", json!({}))).unwrap();
+    let node = wait_for("web-1 running", Duration::from_secs(120), || {
+        let p = ns.get("pod", "web-1");
+        (p["status"]["phase"] == "Running")
+            .then(|| p["spec"]["nodeName"].as_str().map(str::to_string))?
+    });
+    let lease_name = kubetune_crds::heartbeat::lease_name(&node);
+    let lease = wait_for(
+        "the node's heartbeat Lease",
+        Duration::from_secs(60),
+        || {
+            kubectl(
+                &[
+                    "-n",
+                    "kubetune-system",
+                    "get",
+                    "lease",
+                    &lease_name,
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .ok()
+        },
+    );
+    let lease: Value = serde_json::from_str(&lease).unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("kubetune-agent-")),
+        "{lease}"
+    );
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 30, "{lease}");
+    assert!(lease["spec"]["renewTime"].is_string(), "{lease}");
+    let since = lease["metadata"]["annotations"][kubetune_crds::heartbeat::WATCHING_SINCE]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        since.parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+        "watching-since: {lease}"
+    );
+    wait_for("phase Verified", Duration::from_secs(180), || {
+        let tp = ns.get("tuningpolicy", "keepalive");
+        (tp["status"]["phase"] == "Verified").then(String::new)
+    });
+
+    let stopped = AgentStopped::stop();
+    let gone = Instant::now();
+    let cond = wait_for(
+        "Verified=False NotObserved naming the node",
+        Duration::from_secs(120),
+        || {
+            let tp = ns.get("tuningpolicy", "keepalive");
+            let c = condition(&tp, "Verified")?;
+            (c["status"] == "False"
+                && c["reason"] == kubetune_crds::reason::NOT_OBSERVED
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&format!("node {node}"))))
+            .then(|| c.to_string())
+        },
+    );
+    eprintln!(
+        "not observed {:?} after the agents were gone: {cond}",
+        gone.elapsed()
+    );
+    let tp = ns.get("tuningpolicy", "keepalive");
+    assert_eq!(tp["status"]["verifiedPods"], 0, "{tp}");
+    assert_ne!(tp["status"]["phase"], "Verified", "{tp}");
+
+    drop(stopped);
+    wait_for(
+        "Verified again once the agent has watched a window",
+        Duration::from_secs(240),
+        || {
+            let tp = ns.get("tuningpolicy", "keepalive");
+            (tp["status"]["phase"] == "Verified").then(String::new)
+        },
+    );
+}
+
+/// With tuning CNI enabled in the facts and the NetworkAttachmentDefinition CRD served, a
+/// TuningCNI policy gets its namespace's NAD (owned by the policy, labelled as the operator's)
+/// and stays Accepted (a NAD the operator cannot write would make it
+/// `Accepted=False TuningCNIUnavailable`). Skipped when the CRD is not installed.
+#[test]
+fn a_tuning_cni_policy_gets_its_network_attachment_definition() {
+    let Some((_g, ns)) = setup("nad", &[]) else {
+        return;
+    };
+    if kubectl(
+        &[
+            "get",
+            "crd",
+            "network-attachment-definitions.k8s.cni.cncf.io",
+        ],
+        None,
+    )
+    .is_err()
+    {
+        eprintln!("skipping a_tuning_cni_policy_gets_its_network_attachment_definition: the NetworkAttachmentDefinition CRD (k8s.cni.cncf.io, Multus) is not installed");
+        return;
+    }
+    // Tuning-CNI delivery is used only where the nodes' agents found the tuning plugin.
+    let nts = get_json(&["get", "nodetunings", "-o", "json"]);
+    let items = nts["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty()
+        || !items
+            .iter()
+            .all(|nt| nt["spec"]["tuningCni"]["state"] == "Installed")
+    {
+        eprintln!("skipping a_tuning_cni_policy_gets_its_network_attachment_definition: not every node's NodeTuning reports the tuning CNI plugin Installed");
+        return;
+    }
+    // The shipped override (config/cluster-facts/override.yaml): tuning CNI enabled.
+    let _facts = FactsOverride::apply("tuningCni:\n  networkName: kubetune-tuning\n");
+    ns.apply(policy(
+        "cni",
+        "web",
+        json!({"sysctls": [{"name": "net.core.somaxconn", "value": "4096"}], "delivery": "TuningCNI"}),
+    ))
+    .unwrap();
+    let nad = wait_for(
+        "the NetworkAttachmentDefinition kubetune-tuning",
+        Duration::from_secs(90),
+        || {
+            kubectl(
+                &[
+                    "-n",
+                    &ns.name,
+                    "get",
+                    "network-attachment-definitions.k8s.cni.cncf.io",
+                    "kubetune-tuning",
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .ok()
+        },
+    );
+    let nad: Value = serde_json::from_str(&nad).unwrap();
+    assert_eq!(
+        nad["metadata"]["labels"]["app.kubernetes.io/managed-by"], "kubetune-operator",
+        "{nad}"
+    );
+    assert_eq!(
+        nad["metadata"]["ownerReferences"][0]["kind"], "TuningPolicy",
+        "{nad}"
+    );
+    assert_eq!(
+        nad["metadata"]["ownerReferences"][0]["name"], "cni",
+        "{nad}"
+    );
+    assert!(
+        nad["spec"]["config"]
+            .as_str()
+            .is_some_and(|c| c.contains("\"type\":\"tuning\"")),
+        "{nad}"
+    );
+    let accepted = wait_for("Accepted=True", Duration::from_secs(60), || {
+        let tp = ns.get("tuningpolicy", "cni");
+        let c = condition(&tp, "Accepted")?;
+        (c["status"] == "True").then(|| c.to_string())
+    });
+    assert!(!accepted.contains("TuningCNIUnavailable"), "{accepted}");
 }

@@ -177,6 +177,44 @@ fn webhook_is_highly_available_and_agent_least_privileged() {
         "kubetune-agent-node-truth",
     );
     assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    // The heartbeat: a namespaced Role (create/patch of Leases), each agent limited to the Lease
+    // of its own node by admission.
+    let hb = find(&objs, "Role", "kubetune-agent-heartbeat");
+    assert_eq!(hb["metadata"]["namespace"], OWN_NAMESPACE);
+    assert_eq!(
+        hb["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create", "patch"]}])
+    );
+    let vap = find(
+        &objs,
+        "ValidatingAdmissionPolicy",
+        "kubetune-agent-own-lease",
+    );
+    assert_eq!(vap["spec"]["failurePolicy"], "Fail");
+    let rule = &vap["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rule["resources"], json!(["leases"]));
+    assert!(
+        rule["operations"].to_string().contains("CREATE")
+            && rule["operations"].to_string().contains("UPDATE")
+    );
+    let check = vap["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        check.contains("request.name == 'kubetune-agent-' + request.userInfo.extra['authentication.kubernetes.io/node-name'][0]"),
+        "{check}"
+    );
+    assert_eq!(
+        kubetune_crds::heartbeat::lease_name("n"),
+        "kubetune-agent-n",
+        "the admission policy spells the lease name rule of kubetune_crds::heartbeat"
+    );
+    let binding = find(
+        &objs,
+        "ValidatingAdmissionPolicyBinding",
+        "kubetune-agent-own-lease",
+    );
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
     // The webhook writes nothing.
     for name in ["kubetune-webhook"] {
         for kind in ["ClusterRole", "Role"] {
@@ -651,6 +689,16 @@ const USES: &[Uses] = &[
     },
     Uses {
         component: "agent",
+        file: "agent/src/heartbeat.rs",
+        anchor: "let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);",
+        sites: &["api.patch(&name, &pp, &Patch::Apply(&body))"],
+        group: "coordination.k8s.io",
+        resource: "leases",
+        cluster: false,
+        name: None,
+    },
+    Uses {
+        component: "agent",
         file: "agent/src/nodepublish.rs",
         anchor: "let nodes: Api<Node> = Api::all(client.clone());",
         sites: &[".patch(name, &pp, &Patch::Apply(&labels_apply_body(name, spec)))"],
@@ -884,6 +932,16 @@ const USES: &[Uses] = &[
         group: "apps",
         resource: "daemonsets",
         cluster: true,
+        name: None,
+    },
+    Uses {
+        component: "operator",
+        file: "operator/src/controller.rs",
+        anchor: "let lease_api: Api<Lease> = Api::namespaced(client.clone(), &namespace);",
+        sites: &["watcher(lease_api, lease_cfg)"],
+        group: "coordination.k8s.io",
+        resource: "leases",
+        cluster: false,
         name: None,
     },
     Uses {
@@ -1628,12 +1686,27 @@ fn operator_is_highly_available_on_one_lease() {
             }
         }
     }
+    // Besides the leader-election rule, only the heartbeat's: the operator reads the agents'
+    // Leases (list/watch, no write), the agent writes its node's (create/patch; the admission
+    // policy kubetune-agent-own-lease limits it to its own Lease).
+    let (named, heartbeat): (Vec<_>, Vec<_>) = grants
+        .into_iter()
+        .partition(|(_, r)| r["resourceNames"].is_array());
+    for (role, r) in &heartbeat {
+        let want = match role["metadata"]["name"].as_str().unwrap() {
+            "kubetune-operator" => json!(["list", "watch"]),
+            "kubetune-agent-heartbeat" => json!(["create", "patch"]),
+            other => panic!("unexpected rule on coordination.k8s.io in {other}: {r}"),
+        };
+        assert_eq!(role["kind"], "Role", "{role}");
+        assert_eq!(r["verbs"], want, "{role}");
+    }
     assert_eq!(
-        grants.len(),
+        named.len(),
         1,
-        "one rule on coordination.k8s.io: {grants:?}"
+        "one named rule on coordination.k8s.io: {named:?}"
     );
-    let (role, rule) = &grants[0];
+    let (role, rule) = &named[0];
     assert_eq!(role["kind"], "Role");
     assert_eq!(role["metadata"]["namespace"], args.namespace.as_str());
     assert_eq!(rule["resources"], json!(["leases"]));

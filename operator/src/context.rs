@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -60,6 +61,8 @@ pub struct Stores {
     pub reports: Store<ListenerReport>,
     /// Namespaces (PodSecurity labels).
     pub namespaces: Store<Namespace>,
+    /// The node agents' heartbeat Leases (in the operator's namespace).
+    pub leases: Store<Lease>,
 }
 
 /// Shared state of the reconcilers.
@@ -121,20 +124,33 @@ impl Context {
             && synced(&s.pods).await
             && synced(&s.reports).await
             && synced(&s.namespaces).await
+            && synced(&s.leases).await
     }
 
     pub(crate) fn facts(&self) -> ClusterFacts {
         self.facts.read().map(|f| f.clone()).unwrap_or_default()
     }
 
-    /// The namespace's PodSecurity context and, when tuning CNI is enabled, whether the NAD CRD
-    /// is served.
-    pub(crate) async fn environment(&self, ns: &str, facts: &ClusterFacts) -> Environment {
+    /// The namespace's PodSecurity context, when tuning CNI is enabled whether the NAD CRD is
+    /// served, and the heartbeats of the agents of `nodes` (the nodes of the namespace's pods).
+    /// `nad_write_error` is the caller's to fill.
+    pub(crate) async fn environment<'a>(
+        &self,
+        ns: &str,
+        facts: &ClusterFacts,
+        nodes: impl IntoIterator<Item = &'a str>,
+    ) -> Environment {
         let ns_obj = self.stores.namespaces.get(&ObjectRef::new(ns));
         let tuning_cni_crd = facts.tuning_cni.is_none() || self.nad.crd_served(&self.client).await;
+        let nodes: std::collections::BTreeSet<&str> = nodes.into_iter().collect();
+        let leases = self.stores.leases.state();
+        let agents =
+            crate::coverage::heartbeats(leases.iter().map(AsRef::as_ref), |n| nodes.contains(n));
         Environment {
             namespace: namespace_context(ns_obj.as_deref()),
             tuning_cni_crd,
+            nad_write_error: None,
+            agents,
         }
     }
 

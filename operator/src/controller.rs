@@ -7,12 +7,16 @@
 //!   or report change maps to the policies that select the pod (or that its admission record
 //!   names, [`policies_for_pod`]) and to its report; a policy change to the reports of its
 //!   namespace; a namespace change to its policies; a facts change reconciles every policy.
+//!   The agents' heartbeat Leases fill a store read at each reconcile (which nodes are watched,
+//!   [`crate::coverage`]); a coverage change of a node reconciles the policies of its pods.
 //!   Deletions reach the controller that needs them through the root (non-shared) streams.
-//! * [`reconcile`] computes `TuningPolicy.status` with [`crate::status::evaluate`], writes it
+//! * [`reconcile`] applies the namespace's tuning-CNI NetworkAttachmentDefinition first
+//!   ([`crate::nad::NadState`]; a failed write becomes `Accepted=False TuningCNIUnavailable`
+//!   with the API error, hence an event, and the reconcile fails into the error backoff), then
+//!   computes `TuningPolicy.status` with [`crate::status::evaluate`], writes it
 //!   with server-side apply (field manager `kubetune-operator`, status subresource) when it
 //!   changed, publishes transition events, records kubelet `SysctlForbidden` refusals of the
-//!   policy's pods on their nodes' NodeTuning ([`crate::guard`]), and keeps the namespace's tuning-CNI
-//!   NetworkAttachmentDefinition ([`crate::nad::NadState`]).
+//!   policy's pods on their nodes' NodeTuning ([`crate::guard`]).
 //! * [`reconcile_report`] writes `ListenerReport.status` (recommendation, selecting policies).
 //! * Both reconcile only once every store has synced; failures back off exponentially per
 //!   object ([`backoff_for`]).
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures::{future, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
@@ -38,7 +43,7 @@ use kube::{Client, Resource, ResourceExt};
 use kubetune_crds::facts::ClusterFacts;
 use kubetune_crds::policy::{TuningPolicy, OPERATOR_FIELD_MANAGER};
 use kubetune_crds::report::{ListenerReport, ListenerReportStatus};
-use kubetune_crds::{limits, matching, reason};
+use kubetune_crds::{heartbeat, limits, matching, reason};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
@@ -52,7 +57,7 @@ use crate::restarts::{
     self, slim_daemon_set, slim_deployment, slim_stateful_set, Rollouts, Writers,
 };
 use crate::status::{evaluate, phase, Evaluation};
-use crate::triggers::{facts_updates, policies_for_report, refs_in, report_of};
+use crate::triggers::{facts_updates, heartbeat_changes, policies_for_report, refs_in, report_of};
 pub use crate::triggers::{policies_for_pod, selecting_policies, slim_pod};
 
 /// Resync period: every policy is recomputed at least this often.
@@ -99,10 +104,32 @@ pub async fn reconcile(policy: Arc<TuningPolicy>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let (now, facts) = ((ctx.now)(), ctx.facts());
-    let env = ctx.environment(&ns, &facts).await;
     let in_ns = |m: &kube::core::ObjectMeta| m.namespace.as_deref() == Some(ns.as_str());
     let pods = ctx.stores.pods.state_filter(|p| in_ns(&p.metadata));
     let reports = ctx.stores.reports.state_filter(|r| in_ns(&r.metadata));
+    let nodes = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+        .chain(reports.iter().map(|r| r.spec.node_name.as_str()));
+    let mut env = ctx.environment(&ns, &facts, nodes).await;
+    // The NAD first: a failed write is part of the status (Accepted=False), not only a log line.
+    let mut nad_error = None;
+    if let (Some(tc), true) = (&facts.tuning_cni, env.tuning_cni_crd) {
+        let policies = ctx.stores.policies.state();
+        let owners = nad_owners(&ns, &policies, &facts, &env);
+        if let Err(e) = ctx
+            .nad
+            .ensure(&ctx.client, &ns, &tc.network_name, &owners)
+            .await
+        {
+            warn!(error = %e, network = %tc.network_name, "writing the tuning-CNI NetworkAttachmentDefinition failed");
+            env.nad_write_error = Some(format!(
+                "NetworkAttachmentDefinition {ns}/{}: {e}",
+                tc.network_name
+            ));
+            nad_error = Some(e);
+        }
+    }
     let mut eval = evaluate(
         &policy,
         pods.iter().map(AsRef::as_ref),
@@ -129,12 +156,9 @@ pub async fn reconcile(policy: Arc<TuningPolicy>, ctx: Arc<Context>) -> Result<A
         );
         ctx.publish_transitions(&policy, s).await;
     }
-    if let (Some(tc), true) = (&facts.tuning_cni, env.tuning_cni_crd) {
-        let policies = ctx.stores.policies.state();
-        let owners = nad_owners(&ns, &policies, &facts, &env);
-        ctx.nad
-            .ensure(&ctx.client, &ns, &tc.network_name, &owners)
-            .await?;
+    if let Some(e) = nad_error {
+        // Status and event are written; retry the NAD with the error backoff.
+        return Err(e.into());
     }
     ctx.done(&key, started);
     Ok(match (next_action(&eval, now), rollout_check) {
@@ -239,6 +263,7 @@ pub async fn run(
     let (pods, pod_writer) = reflector::store_shared::<Pod>(SHARED_BUFFER);
     let (reports, report_writer) = reflector::store_shared::<ListenerReport>(SHARED_BUFFER);
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
+    let (leases, lease_writer) = reflector::store::<Lease>();
     let subscribe = "stores made by store_shared can be subscribed to";
     let (policy_sub, pod_sub) = (
         policy_writer.subscribe().expect(subscribe),
@@ -264,6 +289,26 @@ pub async fn run(
         .default_backoff()
         .reflect(ns_writer)
         .touched_objects();
+    // The agents' heartbeats (only the agent Leases of the operator's namespace): read at each
+    // reconcile. A renewal triggers nothing (one per node every few seconds); a coverage change
+    // (stale, back, restarted) reconciles the policies of the node's pods
+    // ([`heartbeat_changes`]).
+    let lease_cfg = watcher::Config::default().labels(&format!(
+        "{}={}",
+        heartbeat::LEASE_LABEL,
+        heartbeat::LEASE_LABEL_VALUE
+    ));
+    let lease_api: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let lease_events = watcher(lease_api, lease_cfg)
+        .default_backoff()
+        .reflect(lease_writer)
+        .touched_objects()
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!(error = %e, "agent heartbeat watch");
+            }
+            future::ready(())
+        });
     let facts = Arc::new(RwLock::new(ClusterFacts::default()));
     let facts_changed = facts_updates(client.clone(), &namespace, facts.clone());
     let stores = Stores {
@@ -271,6 +316,7 @@ pub async fn run(
         pods: pods.clone(),
         reports: reports.clone(),
         namespaces,
+        leases: leases.clone(),
     };
     let (rollouts, Writers(dw, sw, dsw)) = Rollouts::with_writers(max_concurrent_rollouts);
     let deployment_events = restarts::events(Api::all(client.clone()), dw, slim_deployment);
@@ -280,6 +326,7 @@ pub async fn run(
     ctx.rollouts = Some(Arc::new(rollouts));
     let ctx = Arc::new(ctx);
 
+    let (leases_r, pods_h, policies_h) = (leases.clone(), pods.clone(), policies.clone());
     let cc = ControllerConfig::default()
         .debounce(Duration::from_millis(500))
         .concurrency(4);
@@ -312,6 +359,7 @@ pub async fn run(
             refs_in(&p6, d.metadata.namespace.as_deref())
         })
         .reconcile_all_on(facts_changed)
+        .reconcile_on(heartbeat_changes(leases_r, pods_h, policies_h))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(log_outcome);
@@ -326,7 +374,10 @@ pub async fn run(
         .run(reconcile_report, error_policy_report, ctx)
         .for_each(log_outcome);
     info!("controllers started");
-    future::join(policy_controller, report_controller).await;
+    // The heartbeat watch ends with the controllers (it never ends on its own).
+    let controllers = future::join(policy_controller, report_controller);
+    futures::pin_mut!(controllers, lease_events);
+    future::select(controllers, lease_events).await;
     info!("controllers stopped");
 }
 

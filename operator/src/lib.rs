@@ -21,6 +21,7 @@ pub mod certs;
 pub mod cli;
 pub mod context;
 pub mod controller;
+pub mod coverage;
 pub mod events;
 pub mod guard;
 pub mod leader;

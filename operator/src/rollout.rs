@@ -385,9 +385,7 @@ pub fn pod_is_failing(pod: &Pod) -> bool {
 
 /// Did a kubelet reject the pod with `SysctlForbidden` (an unsafe sysctl it does not allow)?
 pub fn pod_sysctl_forbidden(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some("SysctlForbidden")
-    })
+    kubetune_crds::pod::sysctl_forbidden(pod).is_some()
 }
 
 /// Workloads restarted by the operator (any policy) whose rollout is in progress: what counts

@@ -33,7 +33,11 @@
 //!   start when the report has never counted an overflow (`overflowsTotal == 0`: none before and
 //!   none after), else at `observedAt - windowSeconds` (the report's window, which the agent
 //!   rewrites on every change, so no newer report means no newer overflow) — never before the pod
-//!   started. A pod without a start time relies on the report window alone.
+//!   started. A pod without a start time relies on the report window alone. "No newer report"
+//!   only means "no newer overflow" while an agent watches: the pod's node (`spec.nodeName`, else
+//!   the report's `nodeName`) must have a fresh agent heartbeat that has watched since the clean
+//!   interval began ([`crate::coverage::watched`]); otherwise the pod is **not observed**
+//!   (`Verified=False NotObserved`, naming the node and why).
 //! * **Overflowing**: matched pods whose report shows `overflowsRecent > 0`.
 //!
 //! See `README.md` for the table of conditions, reasons and phases.
@@ -53,6 +57,8 @@ use kubetune_crds::policy::{
 use kubetune_crds::report::{Diagnosis, ListenerReport};
 use kubetune_crds::{limits, matching, sysctl};
 
+use crate::coverage::{self, Gap, Heartbeats, Watched};
+
 /// Values of `status.phase` (the STATUS column).
 pub use kubetune_crds::phase;
 /// The pod's parsed admission record, if any (a malformed one counts as none).
@@ -71,6 +77,12 @@ pub struct Environment {
     /// Whether the NetworkAttachmentDefinition CRD (`k8s.cni.cncf.io/v1`) is served. Only
     /// consulted when a sysctl's delivery resolves to tuning CNI.
     pub tuning_cni_crd: bool,
+    /// Why the namespace's tuning-CNI NetworkAttachmentDefinition could not be written (the API
+    /// error), if the last attempt failed. Only consulted when a sysctl's delivery resolves to
+    /// tuning CNI.
+    pub nad_write_error: Option<String>,
+    /// The node agents' heartbeats by node (no entry: no agent watches that node).
+    pub agents: Heartbeats,
 }
 
 impl Default for Environment {
@@ -78,6 +90,8 @@ impl Default for Environment {
         Self {
             namespace: PodContext::default(),
             tuning_cni_crd: true,
+            nad_write_error: None,
+            agents: Heartbeats::new(),
         }
     }
 }
@@ -145,6 +159,14 @@ pub enum Observation {
         /// `overflowsRecent`.
         recent: i64,
     },
+    /// Values observed, no overflows, but the node's agent does not watch the pod now or did not
+    /// watch it through the clean interval ([`crate::coverage`]).
+    NotObserved {
+        /// The pod's node (empty when unknown).
+        node: String,
+        /// Why.
+        gap: Gap,
+    },
     /// Values observed, no overflows, but the clean interval is shorter than the window.
     Waiting {
         /// When the pod becomes verified if nothing changes.
@@ -182,7 +204,8 @@ pub struct Evaluation {
 }
 
 /// Compute a policy's status (namespace without PodSecurity enforcement, NAD CRD assumed
-/// served). Pure: the same inputs give the same status. `pods` and `reports` may contain objects
+/// served, no agent heartbeats — so no pod is verified; give [`evaluate`] an [`Environment`]
+/// with `agents` for that). Pure: the same inputs give the same status. `pods` and `reports` may contain objects
 /// of other namespaces; they are ignored.
 ///
 /// ```no_run
@@ -227,7 +250,7 @@ pub fn evaluate<'a>(
     let d = delivery(policy, facts, env);
     let accepted = accepted_condition(&d, env);
     let is_accepted = accepted.0;
-    let verdicts = pod_verdicts(policy, &d, pods.iter().copied(), reports, now);
+    let verdicts = pod_verdicts(policy, &d, pods.iter().copied(), reports, &env.agents, now);
     let forbidden = forbidden_pods(policy, pods.iter().copied());
     let mut tally = Tally::of(&verdicts.pods);
     tally.forbidden = forbidden.len() as i32;
@@ -376,6 +399,15 @@ pub fn accepted_condition(d: &PolicyDelivery, env: &Environment) -> Judgement {
              tuning CNI plugin on every node, or remove tuningCni from the kubetune-cluster-facts ConfigMap"
                 .into(),
         )
+    } else if let Some(e) = env.nad_write_error.as_ref().filter(|_| d.uses_tuning_cni) {
+        (
+            false,
+            reason::TUNING_CNI_UNAVAILABLE.into(),
+            format!(
+                "tuning-CNI delivery is chosen for this policy, but the operator cannot write the \
+                 namespace's NetworkAttachmentDefinition: {e}"
+            ),
+        )
     } else if deliverable.len() < all.len() {
         let refused: Vec<String> = all
             .iter()
@@ -420,6 +452,7 @@ pub fn pod_verdicts<'a>(
     d: &PolicyDelivery,
     pods: impl IntoIterator<Item = &'a Pod>,
     reports: impl IntoIterator<Item = &'a ListenerReport>,
+    agents: &Heartbeats,
     now: Timestamp,
 ) -> PodVerdicts {
     let ns = policy.metadata.namespace.as_deref().unwrap_or_default();
@@ -435,6 +468,7 @@ pub fn pod_verdicts<'a>(
         spec_invalid: !d.spec_errors.is_empty(),
         dry_run: policy.spec.mode == Mode::DryRun,
         window: SignedDuration::from_secs(i64::from(policy.spec.window_seconds().max(0))),
+        agents,
         now,
     };
     let mut out = PodVerdicts {
@@ -464,7 +498,15 @@ pub fn pod_verdicts<'a>(
             None => PodState::NeedsRestart,
             Some(entries) => judge.state(pod, report, &entries),
         };
-        if let PodState::Applied(Observation::Waiting { until }) = state {
+        let wake = match &state {
+            PodState::Applied(Observation::Waiting { until }) => Some(*until),
+            PodState::Applied(Observation::NotObserved {
+                gap: Gap::Restarted { until, .. },
+                ..
+            }) => Some(*until),
+            _ => None,
+        };
+        if let Some(until) = wake {
             out.next_check = Some(out.next_check.map_or(until, |t| t.min(until)));
         }
         out.pods.push(PodVerdict {
@@ -483,6 +525,7 @@ struct PodJudge<'a> {
     spec_invalid: bool,
     dry_run: bool,
     window: SignedDuration,
+    agents: &'a Heartbeats,
     now: Timestamp,
 }
 
@@ -536,7 +579,14 @@ impl PodJudge<'_> {
                     .filter(|e| e.outcome == Outcome::Injected)
                     .map(|e| (e.sysctl.as_str(), e.value.as_str()))
                     .collect();
-                PodState::Applied(observe(pod, report, &injected, self.window, self.now))
+                PodState::Applied(observe(
+                    pod,
+                    report,
+                    &injected,
+                    self.window,
+                    self.agents,
+                    self.now,
+                ))
             }
         }
     }
@@ -589,6 +639,8 @@ pub struct Tally<'a> {
     pub mismatch: Vec<&'a str>,
     /// Applied pods not observed (long enough) yet.
     pub waiting: Vec<&'a str>,
+    /// Applied, clean pods no agent watched through their window ([`Observation::NotObserved`]).
+    pub unobserved: Vec<&'a str>,
 }
 
 impl<'a> Tally<'a> {
@@ -622,6 +674,7 @@ impl<'a> Tally<'a> {
                         | Observation::Waiting { .. }
                 )
             }),
+            unobserved: obs(&|o| matches!(o, Observation::NotObserved { .. })),
         }
     }
 }
@@ -811,6 +864,30 @@ fn observed(verdicts: &[PodVerdict], t: &Tally, window_s: i32) -> Judgement {
                 detail.join(", ")
             ),
         )
+    } else if !t.unobserved.is_empty() {
+        let mut gaps: Vec<String> = verdicts
+            .iter()
+            .filter_map(|v| match &v.state {
+                PodState::Applied(Observation::NotObserved { node, gap }) => {
+                    Some(gap.describe(node))
+                }
+                _ => None,
+            })
+            .collect();
+        gaps.sort();
+        gaps.dedup();
+        let gaps: Vec<&str> = gaps.iter().map(String::as_str).collect();
+        (
+            false,
+            reason::NOT_OBSERVED.into(),
+            format!(
+                "{} of {applied} applied pods not watched by a node agent through their {window_s}s \
+                 window, so their quiet reports prove nothing: {} ({})",
+                t.unobserved.len(),
+                list(&gaps),
+                list(&t.unobserved)
+            ),
+        )
     } else if !t.waiting.is_empty() {
         (
             false,
@@ -861,7 +938,7 @@ pub fn status_phase(
         phase::STILL_OVERFLOWING
     } else if t.needs_restart > 0 {
         phase::PODS_NEED_RESTART
-    } else if !t.mismatch.is_empty() || !t.waiting.is_empty() {
+    } else if !t.mismatch.is_empty() || !t.waiting.is_empty() || !t.unobserved.is_empty() {
         phase::NOT_OBSERVED_YET
     } else if verified {
         phase::VERIFIED
@@ -936,6 +1013,7 @@ fn observe(
     report: Option<&ListenerReport>,
     injected: &[(&str, &str)],
     window: SignedDuration,
+    agents: &Heartbeats,
     now: Timestamp,
 ) -> Observation {
     let Some(r) = report else {
@@ -985,16 +1063,18 @@ fn observe(
         (None, Some(o)) => Some(o - report_window),
         (Some(_), None) | (None, None) => None,
     };
-    match clean_since {
-        None => Observation::NoReport,
-        Some(c) => {
-            let until = c + window;
-            if until <= now {
-                Observation::Verified
-            } else {
-                Observation::Waiting { until }
-            }
-        }
+    let Some(c) = clean_since else {
+        return Observation::NoReport;
+    };
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or(r.spec.node_name.as_str());
+    match coverage::watched(Some(node), agents, c, window, now) {
+        Watched::Verified => Observation::Verified,
+        Watched::Waiting { until } => Observation::Waiting { until },
+        Watched::NotObserved { node, gap } => Observation::NotObserved { node, gap },
     }
 }
 

@@ -2,10 +2,14 @@
 //! the cluster facts (Nodes, NodeTunings, the optional override ConfigMap), and what the operator
 //! keeps of a pod.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use futures::{future, Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -18,6 +22,8 @@ use kubetune_crds::placement::slim_node;
 use kubetune_crds::policy::TuningPolicy;
 use kubetune_crds::report::ListenerReport;
 use tracing::{info, warn};
+
+use crate::coverage;
 
 /// Names of the policies (same namespace, not being deleted) whose selector matches `pod`.
 pub fn selecting_policies(policies: &[Arc<TuningPolicy>], pod: &Pod) -> Vec<String> {
@@ -62,6 +68,60 @@ pub fn policies_for_report(
     let pod = pods.get(&ObjectRef::new(&r.name_any()).within(&r.namespace().unwrap_or_default()));
     pod.map(|p| policies_for_pod(&policies.state(), &p))
         .unwrap_or_default()
+}
+
+/// Policies to reconcile when the coverage of `nodes` changed: those of the pods on them
+/// ([`policies_for_pod`]), each once.
+pub fn policies_on_nodes(
+    policies: &[Arc<TuningPolicy>],
+    pods: &[Arc<Pod>],
+    nodes: &[String],
+) -> Vec<ObjectRef<TuningPolicy>> {
+    let mut out: Vec<ObjectRef<TuningPolicy>> = pods
+        .iter()
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| nodes.contains(n))
+        })
+        .flat_map(|p| policies_for_pod(policies, p))
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out.dedup();
+    out
+}
+
+/// How often the heartbeat Leases are looked at for coverage changes.
+pub const HEARTBEAT_CHECK: Duration = Duration::from_secs(5);
+
+/// Every [`HEARTBEAT_CHECK`], the policies whose pods' nodes changed coverage since the last
+/// look ([`coverage::changed_nodes`]: a heartbeat went stale or came back, an agent restarted).
+/// A stale heartbeat is the absence of a change, so no watch event says so: this timer does.
+/// Renewals alone reconcile nothing.
+pub fn heartbeat_changes(
+    leases: Store<Lease>,
+    pods: Store<Pod>,
+    policies: Store<TuningPolicy>,
+) -> impl Stream<Item = ObjectRef<TuningPolicy>> + Send + 'static {
+    let looks = futures::stream::unfold(BTreeMap::new(), move |before| {
+        let (leases, pods, policies) = (leases.clone(), pods.clone(), policies.clone());
+        async move {
+            tokio::time::sleep(HEARTBEAT_CHECK).await;
+            let now = Timestamp::now();
+            let all = coverage::heartbeats(leases.state().iter().map(AsRef::as_ref), |_| true);
+            let after = coverage::node_watch(&all, now);
+            let nodes = coverage::changed_nodes(&before, &after);
+            let refs = if nodes.is_empty() {
+                Vec::new()
+            } else {
+                info!(nodes = ?nodes, "agent heartbeat coverage changed");
+                policies_on_nodes(&policies.state(), &pods.state(), &nodes)
+            };
+            Some((futures::stream::iter(refs), after))
+        }
+    });
+    looks.flatten()
 }
 
 /// The report of `pod` (same name, same namespace).

@@ -334,6 +334,7 @@ async fn reconcile_seeing(p: TuningPolicy, pods: Vec<Pod>) -> Vec<Seen> {
             pods: store(pods),
             reports: store(vec![]),
             namespaces: store(Vec::<Namespace>::new()),
+            leases: store(vec![agent_lease(NODE, 100_000, -100_000)]),
         },
         Arc::new(RwLock::new(facts_allowing_somaxconn())),
         Arc::new(Metrics::default()),

@@ -31,7 +31,10 @@ fn events_on_transitions_only() {
     let rec = [injected("web", 1, "net.core.somaxconn", "8192")];
     let pods = vec![pod("web-1", "web", 100, Some(&rec))];
     let facts = facts_allowing_somaxconn();
-    let env = Environment::default();
+    let env = Environment {
+        agents: agents_watching(),
+        ..Environment::default()
+    };
     let healthy = vec![report(
         "web-1",
         R {

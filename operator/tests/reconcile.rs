@@ -21,7 +21,7 @@ use kubetune_operator::controller::{
     error_policy, reconcile, reconcile_report, Context, Error, Stores, RESYNC,
 };
 use kubetune_operator::metrics::Metrics;
-use kubetune_operator::status::compute_status;
+use kubetune_operator::status::{evaluate, Environment};
 use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
 
@@ -53,6 +53,18 @@ fn setup(
     facts: ClusterFacts,
     now: i64,
 ) -> Setup {
+    let healthy = vec![agent_lease(NODE, 100_000, -100_000)];
+    setup_with_leases(policies, pods, reports, facts, healthy, now)
+}
+
+fn setup_with_leases(
+    policies: Vec<TuningPolicy>,
+    pods: Vec<Pod>,
+    reports: Vec<ListenerReport>,
+    facts: ClusterFacts,
+    leases: Vec<k8s_openapi::api::coordination::v1::Lease>,
+    now: i64,
+) -> Setup {
     let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let ctx = Context::new(
@@ -62,6 +74,7 @@ fn setup(
             pods: store(pods),
             reports: store(reports),
             namespaces: store(Vec::<Namespace>::new()),
+            leases: store(leases),
         },
         Arc::new(RwLock::new(facts)),
         Arc::new(Metrics::default()),
@@ -123,6 +136,21 @@ fn as_object(p: &TuningPolicy, status: &Value) -> Value {
     v
 }
 
+/// The status the reconciler computes at `now` (somaxconn allowed, the agent of the reports'
+/// node watching, as the lease store of [`setup`] says).
+fn status_at(
+    p: &TuningPolicy,
+    pods: &[Pod],
+    reports: &[ListenerReport],
+    now: i64,
+) -> kubetune_crds::TuningPolicyStatus {
+    let env = Environment {
+        agents: agents_watching(),
+        ..Environment::default()
+    };
+    evaluate(p, pods, reports, &facts_allowing_somaxconn(), &env, t(now)).status
+}
+
 fn verified_world() -> (TuningPolicy, Vec<Pod>, Vec<ListenerReport>) {
     let p = policy("web", 1, "web", &[("net.core.somaxconn", "8192")]);
     let rec = [injected("web", 1, "net.core.somaxconn", "8192")];
@@ -147,7 +175,7 @@ async fn status_is_server_side_applied_to_the_status_subresource_and_events_foll
         facts_allowing_somaxconn(),
         500,
     );
-    let expected_status = compute_status(&p, &pods, &reports, &facts_allowing_somaxconn(), t(500));
+    let expected_status = status_at(&p, &pods, &reports, 500);
     let pp = p.clone();
     let server = tokio::spawn(async move {
         let patch = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
@@ -216,17 +244,64 @@ async fn status_is_server_side_applied_to_the_status_subresource_and_events_foll
     assert_eq!(action, Action::requeue(RESYNC));
 }
 
+/// The verified world, but the node's agent Lease was last renewed at t(400) (30 s): at t(500)
+/// the status PATCH says Verified=False NotObserved naming node-1, and nothing is verified.
+/// Without any Lease the message says the agent is gone.
+#[tokio::test]
+async fn a_stale_heartbeat_in_the_lease_store_is_not_observed() {
+    for (leases, says) in [
+        (
+            vec![agent_lease(NODE, 400, -100_000)],
+            "node node-1: agent heartbeat stale since 2025-01-01T00:07:10Z",
+        ),
+        (
+            vec![],
+            "node node-1: agent gone (no heartbeat Lease kubetune-agent-node-1)",
+        ),
+    ] {
+        let (p, pods, reports) = verified_world();
+        let Setup { ctx, mut handle } = setup_with_leases(
+            vec![p.clone()],
+            pods,
+            reports,
+            facts_allowing_somaxconn(),
+            leases,
+            500,
+        );
+        let pp = p.clone();
+        let server = tokio::spawn(async move {
+            let patch = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+            // The Applied event follows; answer whatever comes.
+            while let Ok(Some((_req, send))) =
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+            {
+                send.send_response(
+                    Response::builder()
+                        .body(Body::from(b"{}".to_vec()))
+                        .unwrap(),
+                );
+            }
+            patch
+        });
+        reconcile(Arc::new(p), ctx).await.unwrap();
+        let patch = server.await.unwrap();
+        let s = &patch.body["status"];
+        assert_eq!(s["verifiedPods"], 0, "{s}");
+        assert_eq!(s["appliedPods"], 1, "{s}");
+        assert_eq!(s["phase"], "NotObservedYet", "{s}");
+        let v = &s["conditions"][2];
+        assert_eq!(v["type"], condition::VERIFIED);
+        assert_eq!(v["status"], "False");
+        assert_eq!(v["reason"], "NotObserved");
+        assert!(v["message"].as_str().unwrap().contains(says), "{v}");
+    }
+}
+
 #[tokio::test]
 async fn unchanged_status_sends_nothing_and_waiting_pod_requeues_at_window_end() {
     let (mut p, pods, reports) = verified_world();
     // At t=200 the pod (started at 100) is not verified yet; window ends at 400.
-    p.status = Some(compute_status(
-        &p,
-        &pods,
-        &reports,
-        &facts_allowing_somaxconn(),
-        t(150),
-    ));
+    p.status = Some(status_at(&p, &pods, &reports, 150));
     let Setup { ctx, mut handle } = setup(
         vec![p.clone()],
         pods,
@@ -487,8 +562,9 @@ async fn tuning_cni_policy_gets_a_nad_applied() {
             })
         })
         .await;
-        let status = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        // The NAD first: whether it could be written is part of the status.
         let nad = answer(&mut handle, |b| b.clone()).await;
+        let status = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
         (discovery, status, nad)
     });
     reconcile(Arc::new(p), ctx).await.unwrap();
@@ -508,6 +584,120 @@ async fn tuning_cni_policy_gets_a_nad_applied() {
         .as_str()
         .unwrap()
         .contains("\"type\":\"tuning\""));
+}
+
+fn nad_discovery() -> Value {
+    json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "k8s.cni.cncf.io/v1",
+        "resources": [{
+            "name": "network-attachment-definitions", "singularName": "network-attachment-definition",
+            "namespaced": true, "kind": "NetworkAttachmentDefinition",
+            "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]
+        }]
+    })
+}
+
+/// Answer the next request with an API error `code`; returns its method and path.
+async fn refuse(handle: &mut ApiHandle, code: u16, message: &str) -> (String, String) {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("a request within 5 s")
+        .expect("service alive");
+    let seen = (req.method().to_string(), req.uri().path().to_string());
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(
+                serde_json::to_vec(&json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": message, "reason": "Forbidden", "code": code
+                }))
+                .unwrap(),
+            ))
+            .unwrap(),
+    );
+    seen
+}
+
+/// A NAD apply refused with 403: the status carries Accepted=False TuningCNIUnavailable with the
+/// API error, an event says so on the policy, the reconcile fails (error backoff); the next
+/// reconcile that can write the NAD clears the condition.
+#[tokio::test]
+async fn nad_write_failure_sets_a_condition_and_an_event_and_clears_when_it_succeeds() {
+    let (p, facts) = tuning_cni_world();
+    let Setup { ctx, mut handle } = setup(vec![p.clone()], vec![], vec![], facts.clone(), 10);
+    let pp = p.clone();
+    let forbidden = "network-attachment-definitions.k8s.cni.cncf.io \"kubetune-tuning\" is forbidden: \
+                     User \"system:serviceaccount:kubetune-system:kubetune-operator\" cannot patch resource";
+    let server = tokio::spawn(async move {
+        let discovery = answer(&mut handle, |_| nad_discovery()).await;
+        let nad = refuse(&mut handle, 403, forbidden).await;
+        let status = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        let event = answer(&mut handle, |b| b.clone()).await;
+        (discovery, nad, status, event, handle)
+    });
+    let err = reconcile(Arc::new(p.clone()), ctx.clone())
+        .await
+        .expect_err("a NAD that cannot be written fails the reconcile");
+    assert!(
+        matches!(err, Error::Kube(kube::Error::Api(ref e)) if e.code == 403),
+        "{err}"
+    );
+    let (discovery, nad, status, event, mut handle) = server.await.unwrap();
+    assert_eq!(discovery.path, "/apis/k8s.cni.cncf.io/v1");
+    assert_eq!(
+        nad,
+        (
+            "PATCH".to_string(),
+            "/apis/k8s.cni.cncf.io/v1/namespaces/shop/network-attachment-definitions/kubetune-tuning"
+                .to_string()
+        )
+    );
+    assert_eq!(status.method, "PATCH");
+    assert_eq!(
+        status.path,
+        "/apis/kubetune.dev/v1alpha1/namespaces/shop/tuningpolicies/web/status"
+    );
+    let accepted = &status.body["status"]["conditions"][0];
+    assert_eq!(accepted["type"], condition::ACCEPTED);
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "TuningCNIUnavailable");
+    let msg = accepted["message"].as_str().unwrap();
+    assert!(
+        msg.contains("NetworkAttachmentDefinition shop/kubetune-tuning")
+            && msg.contains("cannot patch resource"),
+        "{msg}"
+    );
+    assert_eq!(event.method, "POST");
+    assert_eq!(event.path, "/apis/events.k8s.io/v1/namespaces/shop/events");
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["reason"], "NotAccepted");
+    assert_eq!(event.body["regarding"]["name"], "web");
+    let note = event.body["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("TuningCNIUnavailable: ") && note.contains("cannot patch resource"),
+        "{note}"
+    );
+
+    // Next reconcile (the policy now carries that status): the NAD apply succeeds, the condition
+    // clears. Discovery is cached.
+    let mut p2 = p.clone();
+    p2.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+    let pp = p2.clone();
+    let server = tokio::spawn(async move {
+        let nad = answer(&mut handle, |b| b.clone()).await;
+        let status = answer(&mut handle, |b| as_object(&pp, &b["status"])).await;
+        (nad, status)
+    });
+    reconcile(Arc::new(p2), ctx).await.unwrap();
+    let (nad, status) = server.await.unwrap();
+    assert_eq!(nad.method, "PATCH");
+    assert!(nad
+        .path
+        .ends_with("/network-attachment-definitions/kubetune-tuning"));
+    let accepted = &status.body["status"]["conditions"][0];
+    assert_eq!(accepted["status"], "True", "{accepted}");
+    assert_eq!(accepted["reason"], "Accepted");
 }
 
 #[tokio::test]
@@ -571,6 +761,7 @@ async fn no_status_before_the_stores_are_synced() {
             pods,
             reports: store(vec![]),
             namespaces: store(Vec::<Namespace>::new()),
+            leases: store(vec![agent_lease(NODE, 100_000, -100_000)]),
         },
         Arc::new(RwLock::new(facts_allowing_somaxconn())),
         Arc::new(Metrics::default()),

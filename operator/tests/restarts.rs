@@ -307,6 +307,7 @@ async fn the_policy_reconciler_restarts_and_reports_it_in_the_status() {
             pods: store(pods),
             reports: store(vec![]),
             namespaces: store(Vec::<Namespace>::new()),
+            leases: store(vec![agent_lease(NODE, 100_000, -100_000)]),
         },
         Arc::new(RwLock::new(facts_strict())),
         Arc::new(kubetune_operator::metrics::Metrics::default()),

@@ -237,7 +237,7 @@ fn pod_verdicts_stage() {
             },
         ),
     ];
-    let v = pod_verdicts(&p, &d, &pods, &reports, t(200));
+    let v = pod_verdicts(&p, &d, &pods, &reports, &agents_watching(), t(200));
     let got: Vec<(&str, &PodState, bool)> = v
         .pods
         .iter()
@@ -261,7 +261,7 @@ fn pod_verdicts_stage() {
     assert_eq!(v.refused_pods.get(SOMAXCONN), Some(&1));
     assert_eq!(v.next_check, Some(t(400)));
     // After the window the pod is verified and nothing is left to wait for.
-    let later = pod_verdicts(&p, &d, &pods, &reports, t(401));
+    let later = pod_verdicts(&p, &d, &pods, &reports, &agents_watching(), t(401));
     assert_eq!(
         later.pods[2].state,
         PodState::Applied(Observation::Verified)

@@ -35,6 +35,14 @@ struct Case {
     verified: (&'static str, &'static str),
 }
 
+/// No PodSecurity enforcement, NAD CRD served, the reports' node watched by its agent.
+fn watched() -> Environment {
+    Environment {
+        agents: agents_watching(),
+        ..Environment::default()
+    }
+}
+
 fn web_policy() -> TuningPolicy {
     policy("web", 1, "web", &[(SOMAXCONN, "8192")])
 }
@@ -56,7 +64,7 @@ fn base(name: &'static str) -> Case {
             },
         )],
         facts: facts_allowing_somaxconn(),
-        env: Environment::default(),
+        env: watched(),
         now: 100 + 301,
         phase: "Verified",
         counts: (1, 1, 1, 0, 0),
@@ -301,6 +309,7 @@ fn cases() -> Vec<Case> {
                 ..Default::default()
             },
             tuning_cni_crd: true,
+            ..watched()
         },
         phase: "Refused",
         counts: (1, 1, 1, 0, 0),
@@ -324,7 +333,7 @@ fn cases() -> Vec<Case> {
         },
         env: Environment {
             tuning_cni_crd: false,
-            ..Environment::default()
+            ..watched()
         },
         phase: "Refused",
         counts: (1, 1, 1, 0, 0),
@@ -554,7 +563,7 @@ fn somaxconn_bound_pod_verifies_app_bound_pod_does_not() {
         [&web, &api],
         &reports,
         &facts_allowing_somaxconn(),
-        &Environment::default(),
+        &watched(),
         t(400),
     );
     let by_name: std::collections::BTreeMap<_, _> =
@@ -703,7 +712,7 @@ fn preset_summary_and_multi_sysctl_verification() {
         },
     );
     // The agent has not read tcp_max_syn_backlog yet: not verified.
-    let s = compute_status(&p, [&pd], [&r], &facts, t(400));
+    let s = evaluate(&p, [&pd], [&r], &facts, &watched(), t(400)).status;
     assert_eq!(s.summary.as_deref(), Some("net.core.somaxconn=8192 (+1)"));
     assert_eq!(s.verified_pods, 0);
     assert_eq!(
@@ -713,7 +722,7 @@ fn preset_summary_and_multi_sysctl_verification() {
     r.spec
         .sysctls
         .insert("net.ipv4.tcp_max_syn_backlog".into(), "8192".into());
-    let s = compute_status(&p, [&pd], [&r], &facts, t(400));
+    let s = evaluate(&p, [&pd], [&r], &facts, &watched(), t(400)).status;
     assert_eq!(s.verified_pods, 1);
     assert_eq!(s.phase.as_deref(), Some("Verified"));
 }
@@ -739,7 +748,7 @@ fn non_canonical_policy_values_verify_against_the_kernels_reading() {
             0,
             Some(&[injected("web", 1, SOMAXCONN, recorded)]),
         );
-        let s = compute_status(&p, [&pd], [&r], &facts, t(400));
+        let s = evaluate(&p, [&pd], [&r], &facts, &watched(), t(400)).status;
         assert_eq!(
             (s.applied_pods, s.verified_pods),
             (1, 1),
@@ -762,6 +771,6 @@ fn non_canonical_policy_values_verify_against_the_kernels_reading() {
         0,
         Some(&[injected("web", 1, SOMAXCONN, "8192")]),
     );
-    let s = compute_status(&p, [&pd], [&r_other], &facts, t(400));
+    let s = evaluate(&p, [&pd], [&r_other], &facts, &watched(), t(400)).status;
     assert_eq!(s.verified_pods, 0, "{s:?}");
 }

@@ -301,7 +301,7 @@ pub fn report_in(namespace: &str, pod_name: &str, r: R) -> ListenerReport {
         pod_name,
         ListenerReportSpec {
             pod_uid: uid(namespace, pod_name),
-            node_name: "node-1".into(),
+            node_name: NODE.into(),
             somaxconn: Some(r.somaxconn),
             sysctls: BTreeMap::from([("net.core.somaxconn".into(), r.somaxconn.to_string())]),
             listener_count: 1,
@@ -334,4 +334,41 @@ pub fn report_in(namespace: &str, pod_name: &str, r: R) -> ListenerReport {
 /// `s` seconds.
 pub fn secs(s: i64) -> SignedDuration {
     SignedDuration::from_secs(s)
+}
+
+/// The node of every [`report`].
+pub const NODE: &str = "node-1";
+
+/// A heartbeat of `node`'s agent renewed at `renewed` (30 s lease), watching since `since`.
+pub fn heartbeat(renewed: i64, since: i64) -> kubetune_crds::heartbeat::Heartbeat {
+    kubetune_crds::heartbeat::Heartbeat {
+        holder: "kubetune-agent-x".into(),
+        renewed: t(renewed),
+        duration: secs(30),
+        watching_since: t(since),
+    }
+}
+
+/// `node`'s agent Lease in `kubetune-system` as the agent writes it (30 s lease).
+pub fn agent_lease(
+    node: &str,
+    renewed: i64,
+    since: i64,
+) -> k8s_openapi::api::coordination::v1::Lease {
+    let body = kubetune_crds::heartbeat::lease_body(
+        "kubetune-system",
+        node,
+        "kubetune-agent-x",
+        30,
+        t(renewed),
+        t(since),
+    );
+    serde_json::from_value(body).expect("a Lease")
+}
+
+/// [`NODE`]'s agent watching without a gap since long before and after every time the tests use
+/// (renewed at t(100000), watching since t(-100000)): the agents' heartbeats of a healthy
+/// cluster.
+pub fn agents_watching() -> BTreeMap<String, kubetune_crds::heartbeat::Heartbeat> {
+    BTreeMap::from([(NODE.to_string(), heartbeat(100_000, -100_000))])
 }
