@@ -231,6 +231,42 @@ fn send(sock: &OwnedFd, buf: &[u8]) -> Result<(), DiagError> {
     Ok(())
 }
 
+/// Receives one datagram into `buf` and calls `f(type, seq, payload)` for each netlink message in
+/// it, until `f` returns `Some` (which is returned).
+fn recv_messages<T>(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+    mut f: impl FnMut(u16, u32, &[u8]) -> Option<Result<T, DiagError>>,
+) -> Result<Option<T>, DiagError> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    let r = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(None);
+        }
+        return Err(DiagError::Io {
+            op: "recv",
+            source: e,
+        });
+    }
+    let mut data = &buf[..r as usize];
+    while data.len() >= NLMSG_HDR {
+        let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+        let mseq = u32::from_ne_bytes(data[8..12].try_into().unwrap());
+        if len < NLMSG_HDR || len > data.len() {
+            return Err(DiagError::Malformed("nlmsg length"));
+        }
+        if let Some(done) = f(ty, mseq, &data[NLMSG_HDR..len]) {
+            return done.map(Some);
+        }
+        let aligned = (len + 3) & !3;
+        data = &data[aligned.min(data.len())..];
+    }
+    Ok(None)
+}
+
 /// Reads the `n` answers (a socket, or an error such as ENOENT) to the exact requests with
 /// sequence numbers `base + 1 ..= base + n` into `out[base..]`.
 fn recv_exact(
@@ -242,35 +278,16 @@ fn recv_exact(
     let mut buf = vec![0u8; 8 * 1024];
     let mut answered = 0;
     while answered < n {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let r = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(DiagError::Io {
-                op: "recv",
-                source: e,
-            });
-        }
-        let mut data = &buf[..r as usize];
-        while data.len() >= NLMSG_HDR {
-            let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
-            let mseq = u32::from_ne_bytes(data[8..12].try_into().unwrap()) as usize;
-            if len < NLMSG_HDR || len > data.len() {
-                return Err(DiagError::Malformed("nlmsg length"));
-            }
+        recv_messages::<()>(sock, &mut buf, |ty, mseq, payload| {
+            let mseq = mseq as usize;
             if mseq > base && mseq <= base + n {
                 answered += 1;
                 if ty == SOCK_DIAG_BY_FAMILY {
-                    out[mseq - 1] = parse_msg(&data[NLMSG_HDR..len]);
+                    out[mseq - 1] = parse_msg(payload);
                 }
             }
-            let aligned = (len + 3) & !3;
-            data = &data[aligned.min(data.len())..];
-        }
+            None
+        })?;
     }
     Ok(())
 }
@@ -278,50 +295,32 @@ fn recv_exact(
 fn recv_dump(sock: &OwnedFd, seq: u32, out: &mut Vec<DiagListener>) -> Result<(), DiagError> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        let done = recv_messages(sock, &mut buf, |ty, mseq, payload| {
+            if mseq != seq {
+                return None;
             }
-            return Err(DiagError::Io {
-                op: "recv",
-                source: e,
-            });
-        }
-        let mut data = &buf[..n as usize];
-        while data.len() >= NLMSG_HDR {
-            let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
-            let ty = u16::from_ne_bytes(data[4..6].try_into().unwrap());
-            let mseq = u32::from_ne_bytes(data[8..12].try_into().unwrap());
-            if len < NLMSG_HDR || len > data.len() {
-                return Err(DiagError::Malformed("nlmsg length"));
-            }
-            let payload = &data[NLMSG_HDR..len];
-            if mseq == seq {
-                match ty {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let err = payload
-                            .get(0..4)
-                            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                            .unwrap_or(-1);
-                        if err == 0 {
-                            return Ok(());
-                        }
-                        return Err(DiagError::Kernel(err));
-                    }
-                    SOCK_DIAG_BY_FAMILY => {
-                        if let Some(l) = parse_msg(payload) {
-                            out.push(l);
-                        }
-                    }
-                    _ => {}
+            match ty {
+                NLMSG_DONE => Some(Ok(())),
+                NLMSG_ERROR => {
+                    let err = payload
+                        .get(0..4)
+                        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                        .unwrap_or(-1);
+                    Some(if err == 0 {
+                        Ok(())
+                    } else {
+                        Err(DiagError::Kernel(err))
+                    })
                 }
+                SOCK_DIAG_BY_FAMILY => {
+                    out.extend(parse_msg(payload));
+                    None
+                }
+                _ => None,
             }
-            let aligned = (len + 3) & !3;
-            data = &data[aligned.min(data.len())..];
+        })?;
+        if done.is_some() {
+            return Ok(());
         }
     }
 }

@@ -1136,53 +1136,10 @@ fn a_refusing_kubelet_is_recorded_and_the_policy_says_so() {
         return;
     };
     let node = node.to_string();
-    let facts_args = [
-        "-n",
-        "kubetune-system",
-        "get",
-        "configmap",
-        "kubetune-cluster-facts",
-        "-o",
-        "json",
-    ];
-    // The override is optional (the shipped install has none): restore what was there.
-    let saved = kubectl(&facts_args, None).ok();
-    struct Restore(Option<String>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let Some(saved) = &self.0 else {
-                let _ = kubectl(
-                    &[
-                        "-n",
-                        "kubetune-system",
-                        "delete",
-                        "configmap",
-                        "kubetune-cluster-facts",
-                    ],
-                    None,
-                );
-                return;
-            };
-            let mut v: Value = serde_json::from_str(saved).unwrap();
-            v["metadata"] =
-                json!({"name": "kubetune-cluster-facts", "namespace": "kubetune-system"});
-            let _ = kubectl(
-                &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-                Some(&v.to_string()),
-            );
-        }
-    }
-    let _restore = Restore(saved);
-    let lying = "kubernetesVersion: \"1.31\"\nnodeGroups:\n- name: all-nodes\n  nodeSelector: {}\n  allowedUnsafeSysctls: [net.core.somaxconn]\n";
-    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "kubetune-cluster-facts", "namespace": "kubetune-system"},
-        "data": {"facts.yaml": lying}});
-    kubectl(
-        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-        Some(&cm.to_string()),
-    )
-    .expect("facts");
-    std::thread::sleep(Duration::from_secs(5)); // the webhook's and operator's facts watches
+    // An override that wrongly says every node allows it (restored or deleted on drop).
+    let _facts = FactsOverride::apply(
+        "kubernetesVersion: \"1.31\"\nnodeGroups:\n- name: all-nodes\n  nodeSelector: {}\n  allowedUnsafeSysctls: [net.core.somaxconn]\n",
+    );
     ns.apply(policy(
         "guard",
         "guarded",
