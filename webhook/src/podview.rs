@@ -19,10 +19,37 @@ use serde::Deserialize;
 /// The planner-relevant subset of a Pod.
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct PodSubset {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     metadata: Option<MetaSubset>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     spec: Option<SpecSubset>,
+}
+
+/// An optional JSON object: `null`/absent is `None`; anything but an object is an error (serde's
+/// derive would also read a struct from an array, which the apiserver never sends and the patch
+/// could not apply to). Decodes in place, without an intermediate value.
+fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
 #[derive(Deserialize, Clone, Debug, Default, PartialEq)]
@@ -53,7 +80,7 @@ struct SpecSubset {
     node_selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
     affinity: Option<Affinity>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     security_context: Option<SecurityContextSubset>,
 }
 

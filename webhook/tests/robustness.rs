@@ -281,3 +281,40 @@ proptest! {
         prop_assert_eq!(&r.json()["response"]["allowed"], &json!(true));
     }
 }
+
+/// Found by the fuzzer: objects where the API has objects may arrive as arrays (`"securityContext":
+/// []`); serde's derive would read them as empty structs and the patch would not apply. They are
+/// malformed: answered allowed, no patch.
+#[test]
+fn arrays_where_objects_belong_are_answered_without_a_patch() {
+    let snap = snapshot(
+        vec![json!({"__name": "a", "preset": "IpvsIdleKeepalive"})],
+        false,
+        0,
+    );
+    let cfg = Config::new("kubetune-system", &[]);
+    for spec in [
+        json!({"securityContext": []}),
+        json!([]),
+        json!({"securityContext": {"sysctls": []}}),
+    ] {
+        let mut req = review(&pod(json!({})), "arr");
+        req["request"]["object"]["spec"] = spec.clone();
+        let r = mutate(req.to_string().as_bytes(), &snap, &cfg).unwrap();
+        let wire = r.json();
+        prop_assert_allowed(&wire);
+        if let Some(patch) = r.patch() {
+            let mut doc = req["request"]["object"].clone();
+            json_patch::patch(&mut doc, &patch).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+    }
+    let mut req = review(&pod(json!({})), "arr");
+    req["request"]["object"]["metadata"] = json!([]);
+    let r = mutate(req.to_string().as_bytes(), &snap, &cfg).unwrap();
+    prop_assert_allowed(&r.json());
+    assert!(r.patch().is_none());
+}
+
+fn prop_assert_allowed(wire: &Value) {
+    assert_eq!(wire["response"]["allowed"], json!(true), "{wire}");
+}
