@@ -3,31 +3,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Parses `/proc/net/netstat` (pairs of header/value lines per section) into
-/// `"Section:Key" -> value` (e.g. `"TcpExt:ListenOverflows"`).
-pub fn parse_netstat(text: &str) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    let lines: Vec<&str> = text.lines().collect();
-    for pair in lines.chunks(2) {
-        let [hdr, vals] = pair else { continue };
-        let mut h = hdr.split_whitespace();
-        let mut v = vals.split_whitespace();
-        let (Some(sec), Some(sec2)) = (h.next(), v.next()) else {
-            continue;
-        };
-        if sec != sec2 {
-            continue;
-        }
-        let sec = sec.trim_end_matches(':');
-        for (k, val) in h.zip(v) {
-            if let Ok(n) = val.parse::<u64>() {
-                out.insert(format!("{sec}:{k}"), n);
-            }
-        }
-    }
-    out
-}
-
 /// TCP listen counters of one network namespace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ListenCounters {
@@ -48,13 +23,31 @@ pub fn listen_counters_at(path: &Path) -> std::io::Result<ListenCounters> {
     Ok(listen_counters_from(&std::fs::read_to_string(path)?))
 }
 
-/// The listen counters of a netstat file's text.
+/// The listen counters of a netstat file's text: only the `TcpExt:` header/value line pair is
+/// read, without building the whole map (this runs for every namespace at every scan).
 pub fn listen_counters_from(netstat: &str) -> ListenCounters {
-    let m = parse_netstat(netstat);
-    ListenCounters {
-        listen_overflows: m.get("TcpExt:ListenOverflows").copied().unwrap_or(0),
-        listen_drops: m.get("TcpExt:ListenDrops").copied().unwrap_or(0),
+    let mut lines = netstat.lines();
+    let mut out = ListenCounters::default();
+    while let Some(hdr) = lines.next() {
+        let Some(vals) = lines.next() else { break };
+        let (Some(names), Some(values)) =
+            (hdr.strip_prefix("TcpExt:"), vals.strip_prefix("TcpExt:"))
+        else {
+            continue;
+        };
+        for (k, v) in names
+            .split_ascii_whitespace()
+            .zip(values.split_ascii_whitespace())
+        {
+            match k {
+                "ListenOverflows" => out.listen_overflows = v.parse().unwrap_or(0),
+                "ListenDrops" => out.listen_drops = v.parse().unwrap_or(0),
+                _ => continue,
+            }
+        }
+        break;
     }
+    out
 }
 
 /// `net.core.somaxconn` as seen by the calling thread (net sysctls follow the thread's netns).
@@ -135,11 +128,40 @@ mod tests {
 
     #[test]
     fn netstat_pairs() {
-        let t = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 12 15\nIpExt: InNoRoutes\nIpExt: 3\n";
-        let m = parse_netstat(t);
-        assert_eq!(m["TcpExt:ListenOverflows"], 12);
-        assert_eq!(m["TcpExt:ListenDrops"], 15);
-        assert_eq!(m["IpExt:InNoRoutes"], 3);
+        let t = "IpExt: InNoRoutes\nIpExt: 3\nTcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 12 15\nMPTcpExt: ListenOverflows\nMPTcpExt: 99\n";
+        let c = listen_counters_from(t);
+        assert_eq!((c.listen_overflows, c.listen_drops), (12, 15));
+        // A section without the keys, a torn file, nothing: zero, no panic.
+        for t in [
+            "TcpExt: SyncookiesSent\nTcpExt: 4\n",
+            "TcpExt: ListenOverflows\n",
+            "",
+        ] {
+            assert_eq!(listen_counters_from(t), ListenCounters::default());
+        }
+    }
+
+    #[test]
+    fn counters_equal_the_full_parse_of_this_machine() {
+        // What a full header/value pairing of every section says, against the shortcut.
+        let text = std::fs::read_to_string("/proc/self/net/netstat").unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut full = std::collections::HashMap::new();
+        for pair in lines.chunks(2) {
+            let [h, v] = pair else { continue };
+            for (k, n) in h.split_whitespace().zip(v.split_whitespace()) {
+                full.insert(
+                    format!("{}{k}", h.split_whitespace().next().unwrap()),
+                    n.to_string(),
+                );
+            }
+        }
+        let c = listen_counters_from(&text);
+        assert_eq!(
+            full["TcpExt:ListenOverflows"],
+            c.listen_overflows.to_string()
+        );
+        assert_eq!(full["TcpExt:ListenDrops"], c.listen_drops.to_string());
     }
 
     #[test]

@@ -102,7 +102,10 @@ impl PodDecision {
     }
     /// Serialise for the annotation (compact JSON, deterministic order).
     pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).expect("decision serialises")
+        // The same compact JSON serde_json writes (a test holds them equal, so a pod admitted
+        // by an earlier version stays unchanged on re-invocation), with SIMD string escaping:
+        // the webhook writes one per new pod shape.
+        sonic_rs::to_string(self).expect("decision serialises")
     }
     /// Entries of one policy.
     pub fn for_policy<'a>(

@@ -68,8 +68,8 @@ pub fn pod_labels(pod: &Pod) -> &BTreeMap<String, String> {
 /// Does `policy` select `pod`: same namespace, the policy is not being deleted, and its
 /// `podSelector` matches the pod's labels?
 pub fn selects(policy: &TuningPolicy, pod: &Pod) -> bool {
-    let ns = |m: &Option<String>| m.clone().unwrap_or_default();
-    ns(&policy.metadata.namespace) == ns(&pod.metadata.namespace)
+    policy.metadata.namespace.as_deref().unwrap_or_default()
+        == pod.metadata.namespace.as_deref().unwrap_or_default()
         && policy.metadata.deletion_timestamp.is_none()
         && selector_matches(&policy.spec.pod_selector, pod_labels(pod))
 }

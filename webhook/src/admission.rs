@@ -185,7 +185,6 @@ fn namespace_facts<'s>(
 
 /// Plan and patch one pod (the uncached path of `/mutate`).
 fn plan_and_patch(pod: &Pod, ns: &NamespaceFacts, snap: &Snapshot) -> Planned {
-    use base64::Engine;
     let unpatched = |outcome| Planned {
         patch_b64: None,
         outcome,
@@ -206,9 +205,9 @@ fn plan_and_patch(pod: &Pod, ns: &NamespaceFacts, snap: &Snapshot) -> Planned {
     if !p.tuning_cni.is_empty() {
         delivered.push("tuningCNI");
     }
-    let raw = serde_json::to_vec(&patch).unwrap_or_default();
+    let raw = sonic_rs::to_vec(&patch).unwrap_or_default();
     Planned {
-        patch_b64: Some(base64::engine::general_purpose::STANDARD.encode(raw)),
+        patch_b64: Some(base64_simd::STANDARD.encode_to_string(raw)),
         outcome: ReviewOutcome::Patched,
         delivered,
     }
