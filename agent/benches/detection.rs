@@ -28,8 +28,8 @@
 //!    admitted them (decision annotation, injected sysctl in the spec) and the TuningPolicy
 //!    selecting them; the agent and the operator (`--leader-elect=false`, `--cert-mode
 //!    cert-manager`) started on it; one burst per pod at a random phase. The operator binary is
-//!    `KT_OPERATOR_BIN` or built with `cargo build --release -p kubetune-operator`. Also: status
-//!    writes per burst.
+//!    `KT_OPERATOR_BIN` or the release one next to the agent (build it first: `cargo build
+//!    --release -p kubetune-operator`). Also: status writes per burst.
 //!
 //! Set `KT_BENCH_ONLY=latency|flood|status` to run one part.
 
@@ -418,30 +418,26 @@ fn flood() {
     }
 }
 
-/// The release operator binary: `KT_OPERATOR_BIN`, else built (`cargo build --release -p
-/// kubetune-operator`, a no-op when current) and located through cargo's JSON messages.
+/// The release operator binary: `KT_OPERATOR_BIN`, else `kubetune-operator` in this bench's
+/// profile directory (`cargo build --release -p kubetune-operator` first: a bench cannot build
+/// it itself, cargo holds the target directory's lock while the bench runs).
 fn operator_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("KT_OPERATOR_BIN") {
         return p.into();
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-q", "-p", "kubetune-operator"])
-        .args(["--bin", "kubetune-operator", "--message-format=json"])
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo build -p kubetune-operator");
-    assert!(out.status.success(), "building the operator failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|m| {
-            (m["target"]["name"] == "kubetune-operator")
-                .then(|| m["executable"].as_str().map(PathBuf::from))
-                .flatten()
-        })
-        .expect("the kubetune-operator executable in cargo's output")
+    let exe = std::env::current_exe().expect("the bench's path");
+    // <target>/release/deps/detection-<hash> → <target>/release/kubetune-operator
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("kubetune-operator"))
+        .expect("the bench's profile directory");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --release -p kubetune-operator` first (or set KT_OPERATOR_BIN)",
+        bin.display()
+    );
+    bin
 }
 
 /// The release operator against the fake apiserver (one replica: no leader election;
@@ -479,7 +475,7 @@ const SYSCTL: (&str, &str) = ("net.ipv4.ip_local_port_range", "1024 65535");
 /// stand-in pods (admitted by the webhook: the decision annotation and the injected sysctl in
 /// their spec) and the TuningPolicy selecting them.
 fn seed(api: &FakeApiserver, pods: &[StandInPod]) {
-    use kubetune_test_support::operator::{injected, policy_in, pod_in};
+    use kubetune_test_support::operator::{injected, pod_in, policy_in};
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for ns in ["bench", "kubetune-system"] {
         api.insert(
@@ -487,13 +483,23 @@ fn seed(api: &FakeApiserver, pods: &[StandInPod]) {
             serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
         );
     }
-    let info = ["architecture", "bootID", "containerRuntimeVersion", "kernelVersion"]
-        .into_iter()
-        .chain(["kubeProxyVersion", "machineID", "operatingSystem", "osImage"])
-        .chain(["systemUUID"])
-        .map(|k| (k.to_string(), serde_json::Value::from("bench")))
-        .chain([("kubeletVersion".to_string(), "v1.31.0".into())])
-        .collect::<serde_json::Map<_, _>>();
+    let info = [
+        "architecture",
+        "bootID",
+        "containerRuntimeVersion",
+        "kernelVersion",
+    ]
+    .into_iter()
+    .chain([
+        "kubeProxyVersion",
+        "machineID",
+        "operatingSystem",
+        "osImage",
+    ])
+    .chain(["systemUUID"])
+    .map(|k| (k.to_string(), serde_json::Value::from("bench")))
+    .chain([("kubeletVersion".to_string(), "v1.31.0".into())])
+    .collect::<serde_json::Map<_, _>>();
     api.insert(
         "/api/v1/nodes",
         serde_json::json!({"apiVersion": "v1", "kind": "Node",
@@ -503,13 +509,15 @@ fn seed(api: &FakeApiserver, pods: &[StandInPod]) {
     for (i, p) in pods.iter().enumerate() {
         let name = format!("{POLICY}-{i}");
         let record = [injected(POLICY, 1, SYSCTL.0, SYSCTL.1)];
-        let mut obj = serde_json::to_value(pod_in("bench", &name, POLICY, 0, Some(&record))).unwrap();
+        let mut obj =
+            serde_json::to_value(pod_in("bench", &name, POLICY, 0, Some(&record))).unwrap();
         kubetune_test_support::json::merge(&mut obj, p.object(&name));
         obj["metadata"]["creationTimestamp"] = now.clone().into();
         obj["status"]["startTime"] = now.clone().into();
         api.insert(PODS, obj);
     }
-    let mut policy = serde_json::to_value(policy_in("bench", POLICY, 1, POLICY, &[SYSCTL])).unwrap();
+    let mut policy =
+        serde_json::to_value(policy_in("bench", POLICY, 1, POLICY, &[SYSCTL])).unwrap();
     policy["metadata"]["creationTimestamp"] = now.into();
     api.insert(POLICIES, policy);
 }
@@ -518,7 +526,12 @@ fn seed(api: &FakeApiserver, pods: &[StandInPod]) {
 fn status_writes(api: &FakeApiserver) -> Vec<(Instant, i64)> {
     api.writes_where(|w| w.collection == POLICIES && w.subresource.as_deref() == Some("status"))
         .into_iter()
-        .map(|w| (w.at, w.body["status"]["overflowingPods"].as_i64().unwrap_or(-1)))
+        .map(|w| {
+            (
+                w.at,
+                w.body["status"]["overflowingPods"].as_i64().unwrap_or(-1),
+            )
+        })
         .collect()
 }
 
@@ -593,7 +606,10 @@ fn status_run(op: &Path, n: usize, run: u64) -> (Vec<Leg>, Vec<usize>) {
         });
         drop((fill, over));
         let Some(t1) = t1.filter(|_| got) else {
-            eprintln!("  run {run} burst {k}: no report or no status within 20 s (logs in {})", dir.display());
+            eprintln!(
+                "  run {run} burst {k}: no report or no status within 20 s (logs in {})",
+                dir.display()
+            );
             continue;
         };
         let t2 = status_writes(&api)
@@ -621,7 +637,10 @@ fn status_run(op: &Path, n: usize, run: u64) -> (Vec<Leg>, Vec<usize>) {
         })
         .collect();
     drop((_operator, _agent, listeners, pods));
-    let _ = std::fs::remove_dir_all(&dir);
+    if legs.len() == n {
+        // Logs stay for a run with a missed burst (its path was printed).
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     (legs, per_burst)
 }
 
@@ -636,7 +655,10 @@ fn spread(v: &[f64]) -> String {
 }
 
 fn status() {
-    let (runs, n) = (env_num("KT_BENCH_RUNS", 3), env_num("KT_BENCH_STATUS_BURSTS", 5) as usize);
+    let (runs, n) = (
+        env_num("KT_BENCH_RUNS", 3),
+        env_num("KT_BENCH_STATUS_BURSTS", 5) as usize,
+    );
     let op = operator_binary();
     println!(
         "detection latency to the TuningPolicy status (kernel drop -> ListenerReport apply -> the operator's first status write with the new status.overflowingPods, at the fake apiserver; {n} pods, one burst each, per run; agent defaults --interval 5s --min-write-interval 10s; operator {}):",

@@ -300,7 +300,9 @@ fn target(path: &str) -> Option<Target> {
     let own = |s: Option<&&str>| s.map(|s| s.to_string());
     let (namespace, plural, name, sub) = match rest {
         [] => return None,
-        ["namespaces", ns, plural, more @ ..] => (ns.to_string(), *plural, more.first(), more.get(1)),
+        ["namespaces", ns, plural, more @ ..] => {
+            (ns.to_string(), *plural, more.first(), more.get(1))
+        }
         [plural, more @ ..] => (String::new(), *plural, more.first(), more.get(1)),
     };
     Some(Target {
@@ -511,7 +513,11 @@ fn get(s: &Arc<Shared>, t: &Target, q: &BTreeMap<String, String>) -> Response<Bo
         };
         return match st.objects.get(&key) {
             Some(o) => respond(200, o),
-            None => status(404, "NotFound", &format!("{} {name} not found", t.collection)),
+            None => status(
+                404,
+                "NotFound",
+                &format!("{} {name} not found", t.collection),
+            ),
         };
     }
     let sel = Selector::new(&t.namespace, q);
@@ -549,7 +555,9 @@ fn get(s: &Arc<Shared>, t: &Target, q: &BTreeMap<String, String>) -> Response<Bo
 }
 
 fn watch_line(kind: &str, obj: &Value) -> Vec<u8> {
-    let mut line = json!({"type": kind, "object": obj}).to_string().into_bytes();
+    let mut line = json!({"type": kind, "object": obj})
+        .to_string()
+        .into_bytes();
     line.push(b'\n');
     line
 }
@@ -598,7 +606,13 @@ fn watch(
         .expect("a valid response")
 }
 
-fn write(st: &mut Store, method: &Method, t: &Target, content_type: &str, body: Value) -> Response<Body> {
+fn write(
+    st: &mut Store,
+    method: &Method,
+    t: &Target,
+    content_type: &str,
+    body: Value,
+) -> Response<Body> {
     let mut key = Key {
         collection: t.collection.clone(),
         namespace: t.namespace.clone(),
@@ -669,7 +683,11 @@ fn write(st: &mut Store, method: &Method, t: &Target, content_type: &str, body: 
             let obj = st.put(key, obj, kind);
             respond(if kind == "ADDED" { 201 } else { 200 }, &obj)
         }
-        _ => status(405, "MethodNotAllowed", "method not supported by the fake apiserver"),
+        _ => status(
+            405,
+            "MethodNotAllowed",
+            "method not supported by the fake apiserver",
+        ),
     }
 }
 
@@ -694,7 +712,11 @@ mod tests {
         assert_eq!((t.collection.as_str(), t.name), ("/api/v1/pods", None));
         let t = target("/api/v1/namespaces/shop").unwrap();
         assert_eq!(
-            (t.collection.as_str(), t.namespace.as_str(), t.name.as_deref()),
+            (
+                t.collection.as_str(),
+                t.namespace.as_str(),
+                t.name.as_deref()
+            ),
             ("/api/v1/namespaces", "", Some("shop"))
         );
         assert!(target("/apis").is_none() && target("/api/v1").is_none());
@@ -704,9 +726,7 @@ mod tests {
     fn selects_by_labels_and_fields() {
         let q = query("labelSelector=app%3Dweb%2C%21skip&fieldSelector=spec.nodeName%3Dn1");
         let sel = Selector::new("", &q);
-        let obj = |labels: Value, node: &str| {
-            json!({"metadata": {"name": "p", "labels": labels}, "spec": {"nodeName": node}})
-        };
+        let obj = |labels: Value, node: &str| json!({"metadata": {"name": "p", "labels": labels}, "spec": {"nodeName": node}});
         assert!(sel.matches(&obj(json!({"app": "web"}), "n1")));
         assert!(!sel.matches(&obj(json!({"app": "web", "skip": "x"}), "n1")));
         assert!(!sel.matches(&obj(json!({"app": "api"}), "n1")));
