@@ -1,14 +1,15 @@
 //! Detection-latency benchmark (not a timed test; run as root):
 //! `cargo bench -p kubetune-agent --bench detection`
 //!
-//! The release agent runs in cluster-write mode (`kubetune-agent run`) against a local HTTPS
-//! mock apiserver (a kubeconfig points at it) that serves one Pod for the node and timestamps
-//! every `ListenerReport` server-side apply. The pod is a stand-in: a named netns with a pause
-//! process in a kubepods cgroup (so the agent attributes the netns to the pod), and a
-//! `TCP_DEFER_ACCEPT` listener (backlog 16, accepting one connection per 50 ms) in it. A burst
-//! fills the accept queue and then sends the data-bearing final ACKs of 16 more handshakes:
-//! final-ACK-phase overflows, which the kernel reports through `kfree_skb` (drop time = when
-//! the burst sends those ACKs; loopback delivers them synchronously).
+//! The release agent runs in cluster-write mode (`kubetune-agent run`) against the in-memory
+//! fake apiserver of `kubetune-test-support` (HTTPS, a kubeconfig points at it), which serves the
+//! node's Pods and timestamps every write, e.g. each `ListenerReport` server-side apply. The pod
+//! is a stand-in: a named netns with a pause process in a kubepods cgroup (so the agent
+//! attributes the netns to the pod), and a `TCP_DEFER_ACCEPT` listener (backlog 16, accepting
+//! one connection per 50 ms) in it. A burst fills the accept queue and then sends the
+//! data-bearing final ACKs of 16 more handshakes: final-ACK-phase overflows, which the kernel
+//! reports through `kfree_skb` (drop time = when the burst sends those ACKs; loopback delivers
+//! them synchronously).
 //!
 //! 1. Latency: kernel drop → the apply carrying the new overflow count arrives (bursts at a
 //!    random phase against the scan clock), over
@@ -20,164 +21,49 @@
 //!    bursts) with the agent's defaults (`--interval 5s --min-write-interval 10s`), events vs
 //!    poll only.
 //!
-//! Set `KT_BENCH_ONLY=latency|flood` to run one part.
+//! 3. The operator's half: kernel drop → `ListenerReport` apply → the release operator's first
+//!    `TuningPolicy` status write showing it (`status.overflowingPods` one higher), with the
+//!    agent's defaults. Per run (`KT_BENCH_RUNS`, default 3): a fresh fake apiserver seeded with
+//!    the namespaces, the Node, `KT_BENCH_STATUS_BURSTS` (default 5) stand-in pods as the webhook
+//!    admitted them (decision annotation, injected sysctl in the spec) and the TuningPolicy
+//!    selecting them; the agent and the operator (`--leader-elect=false`, `--cert-mode
+//!    cert-manager`) started on it; one burst per pod at a random phase. The operator binary is
+//!    `KT_OPERATOR_BIN` or the release one next to the agent (build it first: `cargo build
+//!    --release -p kubetune-operator`). Also: status writes per burst.
+//!
+//! Set `KT_BENCH_ONLY=latency|flood|status` to run one part.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response};
+use kubetune_test_support::apiserver::FakeApiserver;
 use kubetune_test_support::netns::{self, AcceptMode, Burst, ListenerSpec, NamedNetns};
-use tokio_rustls::rustls;
 
 const NODE: &str = "bench-node";
 const BACKLOG: usize = 16;
+const PODS: &str = "/api/v1/pods";
+const REPORTS: &str = "/apis/kubetune.dev/v1alpha1/listenerreports";
+const POLICIES: &str = "/apis/kubetune.dev/v1alpha1/tuningpolicies";
 
-/// One `ListenerReport` apply as the mock apiserver received it.
+/// One `ListenerReport` apply as the fake apiserver received it.
 #[derive(Debug, Clone)]
 struct Apply {
     at: Instant,
+    pod: String,
     overflows_total: i64,
 }
 
-/// The mock apiserver's state.
-struct Mock {
-    pod: serde_json::Value,
-    applies: Mutex<Vec<Apply>>,
-}
-
-impl Mock {
-    fn applies(&self) -> Vec<Apply> {
-        self.applies.lock().unwrap().clone()
-    }
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn json(status: u16, v: &serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(v.to_string())).boxed())
-        .unwrap()
-}
-
-async fn handle(m: Arc<Mock>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let watch = req.uri().query().unwrap_or("").contains("watch=true");
-    let body = req
-        .into_body()
+/// The agent's `ListenerReport` applies so far (not the operator's status writes).
+fn applies(api: &FakeApiserver) -> Vec<Apply> {
+    api.writes_where(|w| w.collection == REPORTS && w.subresource.is_none())
+        .into_iter()
+        .map(|w| Apply {
+            at: w.at,
+            pod: w.name,
+            overflows_total: w.body["spec"]["overflowsTotal"].as_i64().unwrap_or(-1),
+        })
         .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let at = Instant::now();
-    if method == hyper::Method::GET && path == "/api/v1/pods" {
-        if watch {
-            // A watch that never sends an event (the pod does not change).
-            let pending = futures::stream::pending::<Result<Frame<Bytes>, Infallible>>();
-            return Ok(Response::builder()
-                .header("content-type", "application/json")
-                .body(StreamBody::new(pending).boxed())
-                .unwrap());
-        }
-        return Ok(json(
-            200,
-            &serde_json::json!({"apiVersion": "v1", "kind": "PodList",
-                "metadata": {"resourceVersion": "1"}, "items": [m.pod]}),
-        ));
-    }
-    if matches!(
-        method,
-        hyper::Method::PATCH | hyper::Method::PUT | hyper::Method::POST
-    ) {
-        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        if path.contains("/listenerreports/") {
-            m.applies.lock().unwrap().push(Apply {
-                at,
-                overflows_total: v["spec"]["overflowsTotal"].as_i64().unwrap_or(-1),
-            });
-        }
-        // Any other write (e.g. a heartbeat Lease) is accepted and echoed too.
-        v["metadata"]["resourceVersion"] = "2".into();
-        v["metadata"]["uid"] = "00000000-0000-4000-8000-000000000001".into();
-        return Ok(json(200, &v));
-    }
-    Ok(json(
-        404,
-        &serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-            "reason": "NotFound", "code": 404, "message": "not served by the mock"}),
-    ))
-}
-
-/// Starts the mock apiserver on 127.0.0.1 (HTTPS, self-signed) on its own runtime; returns the
-/// state, the address and the certificate (PEM) for the kubeconfig.
-fn start_mock(pod: serde_json::Value) -> (Arc<Mock>, SocketAddr, String, tokio::runtime::Runtime) {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mock = Arc::new(Mock {
-        pod,
-        applies: Mutex::new(Vec::new()),
-    });
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let m = mock.clone();
-    rt.spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, m) = (acceptor.clone(), m.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req| handle(m.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    (mock, addr, cert.pem(), rt)
-}
-
-fn write_kubeconfig(dir: &Path, addr: SocketAddr, ca_pem: &str) -> PathBuf {
-    use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: https://{addr}\n    certificate-authority-data: {ca}\nusers:\n- name: bench\n  user:\n    token: bench\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\ncurrent-context: bench\n"
-        ),
-    )
-    .unwrap();
-    path
 }
 
 fn rand_u64() -> u64 {
@@ -244,11 +130,11 @@ impl StandInPod {
         }
     }
 
-    fn object(&self) -> serde_json::Value {
+    /// The pod object `name` in namespace `bench`, on [`NODE`], Running.
+    fn object(&self, name: &str) -> serde_json::Value {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "bench-web", "namespace": "bench", "uid": self.uid,
-                "resourceVersion": "1"},
+            "metadata": {"name": name, "namespace": "bench", "uid": self.uid},
             "spec": {"nodeName": NODE, "containers": [{"name": "web", "image": "bench"}]},
             "status": {"phase": "Running"},
         })
@@ -344,21 +230,21 @@ fn env_num(key: &str, default: u64) -> u64 {
 
 struct Setup {
     // Dropped first: the pod (netns, pause process, cgroups), then the rest.
-    mock: Arc<Mock>,
+    api: FakeApiserver,
     kubeconfig: PathBuf,
     dir: PathBuf,
     pod: StandInPod,
     port: u16,
     _listener: netns::TestListener,
-    _rt: tokio::runtime::Runtime,
 }
 
 fn setup() -> Setup {
     let dir = std::env::temp_dir().join(format!("kt-bench-detection-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pod = StandInPod::create();
-    let (mock, addr, ca, rt) = start_mock(pod.object());
-    let kubeconfig = write_kubeconfig(&dir, addr, &ca);
+    let api = FakeApiserver::start().expect("fake apiserver");
+    api.insert(PODS, pod.object("bench-web"));
+    let kubeconfig = api.write_kubeconfig(&dir).unwrap();
     let listener = pod
         .ns
         .spawn_listener(ListenerSpec {
@@ -369,13 +255,12 @@ fn setup() -> Setup {
         })
         .expect("listener");
     Setup {
-        mock,
+        api,
         kubeconfig,
         dir,
         port: listener.port(),
         pod,
         _listener: listener,
-        _rt: rt,
     }
 }
 
@@ -390,7 +275,7 @@ impl Drop for Setup {
 /// Waits for the agent's first write of the pod's report (it needs a scan and the pod list).
 fn wait_first_write(s: &Setup, since: usize) {
     assert!(
-        wait_until(Duration::from_secs(30), || s.mock.applies().len() > since),
+        wait_until(Duration::from_secs(30), || applies(&s.api).len() > since),
         "the agent wrote no ListenerReport within 30 s (log in {})",
         s.dir.display()
     );
@@ -399,8 +284,7 @@ fn wait_first_write(s: &Setup, since: usize) {
 /// Waits until the pod's last write is `quiet` old.
 fn wait_quiet(s: &Setup, quiet: Duration) {
     wait_until(Duration::from_secs(60), || {
-        s.mock
-            .applies()
+        applies(&s.api)
             .last()
             .is_none_or(|a| a.at.elapsed() >= quiet)
     });
@@ -410,7 +294,7 @@ fn wait_quiet(s: &Setup, quiet: Duration) {
 fn latency_run(s: &Setup, events: bool, bursts: u64, run: u64) -> (Vec<f64>, Vec<usize>) {
     let min_write = Duration::from_secs(3);
     let log = s.dir.join(format!("agent-latency-{run}-{events}.log"));
-    let before = s.mock.applies().len();
+    let before = applies(&s.api).len();
     let _agent = Agent::start(&s.kubeconfig, &log, events, "5s", "3s");
     wait_first_write(s, before);
     let (mut lat, mut writes) = (Vec::new(), Vec::new());
@@ -419,11 +303,10 @@ fn latency_run(s: &Setup, events: bool, bursts: u64, run: u64) -> (Vec<f64>, Vec
         // A random phase against the agent's 5 s scan clock (else poll-only latency would be
         // the same fraction of the interval every time).
         std::thread::sleep(Duration::from_millis(rand_u64() % 5000));
-        let prev = s.mock.applies().iter().map(|a| a.overflows_total).max();
+        let prev = applies(&s.api).iter().map(|a| a.overflows_total).max();
         let (t0, fill, over) = overflow_burst(&s.pod.ns, s.port);
         let got = wait_until(Duration::from_secs(20), || {
-            s.mock
-                .applies()
+            applies(&s.api)
                 .iter()
                 .any(|a| a.at >= t0 && Some(a.overflows_total) > prev)
         });
@@ -432,16 +315,14 @@ fn latency_run(s: &Setup, events: bool, bursts: u64, run: u64) -> (Vec<f64>, Vec
             eprintln!("  burst: no report with a higher overflow count within 20 s");
             continue;
         }
-        let first = s
-            .mock
-            .applies()
+        let first = applies(&s.api)
             .into_iter()
             .find(|a| a.at >= t0 && Some(a.overflows_total) > prev)
             .unwrap();
         lat.push(first.at.duration_since(t0).as_secs_f64());
         // Writes caused by this burst: up to the quiet point before the next one.
         wait_quiet(s, min_write + Duration::from_secs(1));
-        writes.push(s.mock.applies().iter().filter(|a| a.at >= t0).count());
+        writes.push(applies(&s.api).iter().filter(|a| a.at >= t0).count());
     }
     (lat, writes)
 }
@@ -450,7 +331,7 @@ fn latency() {
     let s = setup();
     let (runs, bursts) = (env_num("KT_BENCH_RUNS", 3), env_num("KT_BENCH_BURSTS", 10));
     println!(
-        "detection latency (kernel drop -> ListenerReport apply at the mock apiserver; final-ACK-phase overflows; {bursts} bursts per run; agent --interval 5s --min-write-interval 3s):"
+        "detection latency (kernel drop -> ListenerReport apply at the fake apiserver; final-ACK-phase overflows; {bursts} bursts per run; agent --interval 5s --min-write-interval 3s):"
     );
     let (mut p50s, mut p99s, mut all) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
@@ -500,7 +381,7 @@ fn latency() {
 /// Writes during a sustained flood of `secs` (and the minimum write interval after it).
 fn flood_run(s: &Setup, events: bool, secs: u64) -> (usize, u64) {
     let log = s.dir.join(format!("agent-flood-{events}.log"));
-    let before = s.mock.applies().len();
+    let before = applies(&s.api).len();
     let _agent = Agent::start(&s.kubeconfig, &log, events, "5s", "10s");
     wait_first_write(s, before);
     wait_quiet(s, Duration::from_secs(11));
@@ -513,7 +394,7 @@ fn flood_run(s: &Setup, events: bool, secs: u64) -> (usize, u64) {
         bursts += 1;
     }
     std::thread::sleep(Duration::from_secs(11));
-    let n = s.mock.applies().iter().filter(|a| a.at >= t0).count();
+    let n = applies(&s.api).iter().filter(|a| a.at >= t0).count();
     (n, bursts)
 }
 
@@ -537,6 +418,301 @@ fn flood() {
     }
 }
 
+/// The release operator binary: `KT_OPERATOR_BIN`, else `kubetune-operator` in this bench's
+/// profile directory (`cargo build --release -p kubetune-operator` first: a bench cannot build
+/// it itself, cargo holds the target directory's lock while the bench runs).
+fn operator_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KT_OPERATOR_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("the bench's path");
+    // <target>/release/deps/detection-<hash> → <target>/release/kubetune-operator
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("kubetune-operator"))
+        .expect("the bench's profile directory");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --release -p kubetune-operator` first (or set KT_OPERATOR_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// The release operator against the fake apiserver (one replica: no leader election;
+/// cert-manager mode: no webhook-certificate loop); killed on drop.
+struct Operator(Child);
+
+impl Operator {
+    fn start(bin: &Path, kubeconfig: &Path, log: &Path) -> Operator {
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let child = Command::new(bin)
+            .args(["--leader-elect=false", "--cert-mode", "cert-manager"])
+            .args(["--metrics", &metrics.to_string()])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("operator");
+        Operator(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const POLICY: &str = "bench-web";
+const SYSCTL: (&str, &str) = ("net.ipv4.ip_local_port_range", "1024 65535");
+
+/// What the cluster holds before the agent and the operator start: namespaces, the node, the
+/// stand-in pods (admitted by the webhook: the decision annotation and the injected sysctl in
+/// their spec) and the TuningPolicy selecting them.
+fn seed(api: &FakeApiserver, pods: &[StandInPod]) {
+    use kubetune_test_support::operator::{injected, pod_in, policy_in};
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for ns in ["bench", "kubetune-system"] {
+        api.insert(
+            "/api/v1/namespaces",
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        );
+    }
+    let info = [
+        "architecture",
+        "bootID",
+        "containerRuntimeVersion",
+        "kernelVersion",
+    ]
+    .into_iter()
+    .chain([
+        "kubeProxyVersion",
+        "machineID",
+        "operatingSystem",
+        "osImage",
+    ])
+    .chain(["systemUUID"])
+    .map(|k| (k.to_string(), serde_json::Value::from("bench")))
+    .chain([("kubeletVersion".to_string(), "v1.31.0".into())])
+    .collect::<serde_json::Map<_, _>>();
+    api.insert(
+        "/api/v1/nodes",
+        serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+            "status": {"nodeInfo": info}}),
+    );
+    for (i, p) in pods.iter().enumerate() {
+        let name = format!("{POLICY}-{i}");
+        let record = [injected(POLICY, 1, SYSCTL.0, SYSCTL.1)];
+        let mut obj =
+            serde_json::to_value(pod_in("bench", &name, POLICY, 0, Some(&record))).unwrap();
+        kubetune_test_support::json::merge(&mut obj, p.object(&name));
+        obj["metadata"]["creationTimestamp"] = now.clone().into();
+        obj["status"]["startTime"] = now.clone().into();
+        api.insert(PODS, obj);
+    }
+    let mut policy =
+        serde_json::to_value(policy_in("bench", POLICY, 1, POLICY, &[SYSCTL])).unwrap();
+    policy["metadata"]["creationTimestamp"] = now.into();
+    api.insert(POLICIES, policy);
+}
+
+/// The operator's TuningPolicy status writes: (arrival, `status.overflowingPods`).
+fn status_writes(api: &FakeApiserver) -> Vec<(Instant, i64)> {
+    api.writes_where(|w| w.collection == POLICIES && w.subresource.as_deref() == Some("status"))
+        .into_iter()
+        .map(|w| {
+            (
+                w.at,
+                w.body["status"]["overflowingPods"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+/// One burst's figures: drop → report apply, drop → status write, report → status write (s).
+struct Leg {
+    report: f64,
+    status: f64,
+    report_to_status: f64,
+}
+
+/// One run: a fresh fake apiserver, `n` fresh stand-in pods, the agent and the operator; one
+/// burst per pod, so that `status.overflowingPods` grows by one per burst (a pod's
+/// `overflowsRecent` stays above 0 for the agent's 60 s window, longer than a run).
+/// Returns the legs and the status writes in each burst's interval.
+fn status_run(op: &Path, n: usize, run: u64) -> (Vec<Leg>, Vec<usize>) {
+    let dir = std::env::temp_dir().join(format!("kt-bench-status-{}-{run}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pods: Vec<StandInPod> = (0..n).map(|_| StandInPod::create()).collect();
+    let listeners: Vec<netns::TestListener> = pods
+        .iter()
+        .map(|p| {
+            p.ns.spawn_listener(ListenerSpec {
+                backlog: BACKLOG as i32,
+                port: 0,
+                accept: AcceptMode::Every(Duration::from_millis(50)),
+                defer_accept_secs: Some(30),
+            })
+            .expect("listener")
+        })
+        .collect();
+    let api = FakeApiserver::start().expect("fake apiserver");
+    seed(&api, &pods);
+    let kubeconfig = api.write_kubeconfig(&dir).unwrap();
+    let _agent = Agent::start(&kubeconfig, &dir.join("agent.log"), true, "5s", "10s");
+    let _operator = Operator::start(op, &kubeconfig, &dir.join("operator.log"));
+    // Ready: every pod has a report, and the policy a status that matches every pod.
+    let ready = wait_until(Duration::from_secs(60), || {
+        let reported: std::collections::BTreeSet<String> =
+            applies(&api).into_iter().map(|a| a.pod).collect();
+        let status = api
+            .get(POLICIES, "bench", POLICY)
+            .map(|p| p["status"].clone())
+            .unwrap_or_default();
+        reported.len() == n && status["matchedPods"] == n && status["overflowingPods"] == 0
+    });
+    assert!(
+        ready,
+        "no report of every pod and status matching them within 60 s (logs in {})",
+        dir.display()
+    );
+    // The reconcile of the last first report, if it changes the status.
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut legs, mut t0s) = (Vec::new(), Vec::new());
+    for (k, (pod, l)) in pods.iter().zip(&listeners).enumerate() {
+        // A random phase against the agent's 5 s scan clock and the operator's timers.
+        std::thread::sleep(Duration::from_millis(rand_u64() % 5000));
+        let name = format!("{POLICY}-{k}");
+        let (t0, fill, over) = overflow_burst(&pod.ns, l.port());
+        t0s.push(t0);
+        let mut t1 = None;
+        let got = wait_until(Duration::from_secs(20), || {
+            t1 = t1.or_else(|| {
+                applies(&api)
+                    .into_iter()
+                    .find(|a| a.at >= t0 && a.pod == name && a.overflows_total > 0)
+                    .map(|a| a.at)
+            });
+            t1.is_some()
+                && status_writes(&api)
+                    .iter()
+                    .any(|(at, o)| *at >= t0 && *o > k as i64)
+        });
+        drop((fill, over));
+        let Some(t1) = t1.filter(|_| got) else {
+            eprintln!(
+                "  run {run} burst {k}: no report or no status within 20 s (logs in {})",
+                dir.display()
+            );
+            continue;
+        };
+        let t2 = status_writes(&api)
+            .into_iter()
+            .find(|(at, o)| *at >= t0 && *o > k as i64)
+            .map(|(at, _)| at)
+            .unwrap();
+        legs.push(Leg {
+            report: t1.duration_since(t0).as_secs_f64(),
+            status: t2.duration_since(t0).as_secs_f64(),
+            report_to_status: t2.saturating_duration_since(t1).as_secs_f64(),
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let writes = status_writes(&api);
+    let per_burst = t0s
+        .iter()
+        .enumerate()
+        .map(|(i, t0)| {
+            let end = t0s.get(i + 1).copied();
+            writes
+                .iter()
+                .filter(|(at, _)| at >= t0 && end.is_none_or(|e| *at < e))
+                .count()
+        })
+        .collect();
+    drop((_operator, _agent, listeners, pods));
+    if legs.len() == n {
+        // Logs stay for a run with a missed burst (its path was printed).
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    (legs, per_burst)
+}
+
+/// min/median/max of `v`.
+fn spread(v: &[f64]) -> String {
+    format!(
+        "{:.3}/{:.3}/{:.3}",
+        quantile(v, 0.0),
+        quantile(v, 0.5),
+        quantile(v, 1.0)
+    )
+}
+
+fn status() {
+    let (runs, n) = (
+        env_num("KT_BENCH_RUNS", 3),
+        env_num("KT_BENCH_STATUS_BURSTS", 5) as usize,
+    );
+    let op = operator_binary();
+    println!(
+        "detection latency to the TuningPolicy status (kernel drop -> ListenerReport apply -> the operator's first status write with the new status.overflowingPods, at the fake apiserver; {n} pods, one burst each, per run; agent defaults --interval 5s --min-write-interval 10s; operator {}):",
+        op.display()
+    );
+    let mut per_run: Vec<[f64; 4]> = Vec::new();
+    let mut all: Vec<Leg> = Vec::new();
+    for run in 0..runs {
+        let (legs, writes) = status_run(&op, n, run);
+        if legs.is_empty() {
+            println!("  run {run}: no burst reached the status");
+            continue;
+        }
+        let s: Vec<f64> = legs.iter().map(|l| l.status).collect();
+        let rs: Vec<f64> = legs.iter().map(|l| l.report_to_status).collect();
+        let r: Vec<f64> = legs.iter().map(|l| l.report).collect();
+        println!(
+            "  run {run}: drop -> status p50 {:.3} s, p99 {:.3} s; report -> status p50 {:.3} s, p99 {:.3} s; drop -> report p50 {:.3} s; status writes per burst {writes:?}",
+            quantile(&s, 0.5),
+            quantile(&s, 0.99),
+            quantile(&rs, 0.5),
+            quantile(&rs, 0.99),
+            quantile(&r, 0.5),
+        );
+        per_run.push([
+            quantile(&s, 0.5),
+            quantile(&s, 0.99),
+            quantile(&rs, 0.5),
+            quantile(&rs, 0.99),
+        ]);
+        all.extend(legs);
+    }
+    if per_run.is_empty() {
+        return;
+    }
+    let col = |i: usize| per_run.iter().map(|r| r[i]).collect::<Vec<_>>();
+    let s: Vec<f64> = all.iter().map(|l| l.status).collect();
+    let rs: Vec<f64> = all.iter().map(|l| l.report_to_status).collect();
+    println!(
+        "  over {} runs, min/median/max: drop -> status p50 {} s, p99 {} s (target <= 5 s); report -> status p50 {} s, p99 {} s; all {} bursts: drop -> status p50 {:.3} s, p99 {:.3} s, max {:.3} s; report -> status p50 {:.3} s, max {:.3} s",
+        per_run.len(),
+        spread(&col(0)),
+        spread(&col(1)),
+        spread(&col(2)),
+        spread(&col(3)),
+        all.len(),
+        quantile(&s, 0.5),
+        quantile(&s, 0.99),
+        quantile(&s, 1.0),
+        quantile(&rs, 0.5),
+        quantile(&rs, 1.0),
+    );
+}
+
 fn main() {
     if !netns::is_root() {
         eprintln!("benchmarks need root (netns, eBPF, cgroups); skipping");
@@ -548,5 +724,8 @@ fn main() {
     }
     if only.is_empty() || only == "flood" {
         flood();
+    }
+    if only.is_empty() || only == "status" {
+        status();
     }
 }

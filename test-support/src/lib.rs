@@ -2,6 +2,8 @@
 //! e2e, which runs the same harness outside a test): nothing here is part of a shipped binary.
 //!
 //! - [`json`]: the deep JSON merge the fixtures build on.
+//! - `apiserver` (feature `apiserver`): an in-memory fake apiserver over HTTPS, with a
+//!   kubeconfig, that records when each write arrived (the detection benchmarks).
 //! - [`admission`]: pods, policies, cluster facts and AdmissionReviews as the webhook sees them.
 //! - [`operator`]: typed policies, pods with admission records, and ListenerReports as the
 //!   operator reads them from its stores.
@@ -14,6 +16,8 @@
 //! - `client` (feature `client`): an HTTPS/1.1 keep-alive client trusting one CA.
 
 pub mod admission;
+#[cfg(feature = "apiserver")]
+pub mod apiserver;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod ground_truth;
