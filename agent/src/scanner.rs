@@ -270,7 +270,7 @@ struct RawNetns {
     /// Handles opened inside the netns during a full sample (to be kept for re-reads).
     handles: Option<NetnsHandles>,
     /// A re-read's owners, from the last full sample (`None`: a full sample, look them up).
-    ownership: Option<Ownership>,
+    ownership: Option<std::sync::Arc<Ownership>>,
 }
 
 /// Files of one netns opened from inside it; they keep answering for that netns from any
@@ -333,7 +333,7 @@ struct Cached {
     cookie: u64,
     handles: NetnsHandles,
     listeners: Vec<DiagListener>,
-    ownership: Ownership,
+    ownership: std::sync::Arc<Ownership>,
 }
 
 impl Cached {
@@ -350,7 +350,7 @@ impl Cached {
             counters: Some(self.handles.counters()?),
             listeners,
             handles: None,
-            ownership: Some(self.ownership.clone()),
+            ownership: Some(std::sync::Arc::clone(&self.ownership)),
         })
     }
 }
@@ -736,7 +736,7 @@ impl Scanner {
         let host = raw.r.inode == self.host_netns_inode;
         let own = match raw.ownership.take() {
             Some(o) => o,
-            None => ownership(&raw, host),
+            None => std::sync::Arc::new(ownership(&raw, host)),
         };
         let owners = &own.owners;
         let mut listeners = Vec::with_capacity(raw.listeners.len());
@@ -759,7 +759,7 @@ impl Scanner {
             process: own.process.clone(),
             process_count: raw.r.pids.len(),
             somaxconn: raw.somaxconn,
-            sysctls: raw.sysctls.clone().unwrap_or_default(),
+            sysctls: raw.sysctls.take().unwrap_or_default(),
             counters: raw.counters,
             listeners,
         };

@@ -315,19 +315,15 @@ impl Workload {
             || st.ready_replicas.unwrap_or(0) < want
             || (partition > 0 && st.updated_replicas.unwrap_or(0) < want - partition)
             || (partition == 0 && st.update_revision != st.current_revision);
-        let progress = if in_progress {
-            Progress::InProgress
-        } else {
-            Progress::Complete
-        };
-        let template = spec.map(|s| &s.template);
-        Self {
-            id: WorkloadRef::new(WorkloadKind::StatefulSet, ns, name),
-            paused: false,
+        let id = WorkloadRef::new(WorkloadKind::StatefulSet, ns, name);
+        Self::unpausable(
+            id,
+            in_progress,
             on_delete,
-            progress: with_failing(past_deadline(progress, template, now), failing_pods),
-            record: RestartRecord::of_template(template),
-        }
+            spec.map(|s| &s.template),
+            failing_pods,
+            now,
+        )
     }
 
     /// A DaemonSet (progress as `kubectl rollout status` judges it).
@@ -341,14 +337,34 @@ impl Workload {
         let in_progress = d.metadata.generation > st.observed_generation
             || st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled
             || st.number_available.unwrap_or(0) < st.desired_number_scheduled;
+        let id = WorkloadRef::new(WorkloadKind::DaemonSet, ns, name);
+        Self::unpausable(
+            id,
+            in_progress,
+            on_delete,
+            spec.map(|s| &s.template),
+            failing_pods,
+            now,
+        )
+    }
+
+    /// A StatefulSet or DaemonSet (they cannot be paused; a rollout past the template's
+    /// progress deadline, or with failing pods, counts as stalled).
+    fn unpausable(
+        id: WorkloadRef,
+        in_progress: bool,
+        on_delete: bool,
+        template: Option<&PodTemplateSpec>,
+        failing_pods: usize,
+        now: Timestamp,
+    ) -> Self {
         let progress = if in_progress {
             Progress::InProgress
         } else {
             Progress::Complete
         };
-        let template = spec.map(|s| &s.template);
         Self {
-            id: WorkloadRef::new(WorkloadKind::DaemonSet, ns, name),
+            id,
             paused: false,
             on_delete,
             progress: with_failing(past_deadline(progress, template, now), failing_pods),
