@@ -9,7 +9,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -72,6 +72,30 @@ pub fn selects(policy: &TuningPolicy, pod: &Pod) -> bool {
         == pod.metadata.namespace.as_deref().unwrap_or_default()
         && policy.metadata.deletion_timestamp.is_none()
         && selector_matches(&policy.spec.pod_selector, pod_labels(pod))
+}
+
+/// The label keys the pod selectors of `namespace`'s policies read (`matchLabels` keys and
+/// `matchExpressions` keys). [`selects`] reads no other label of a pod in that namespace, so a
+/// pod with only these labels is selected by exactly the same policies.
+pub fn selector_keys<'a>(
+    policies: impl IntoIterator<Item = &'a TuningPolicy>,
+    namespace: &str,
+) -> BTreeSet<&'a str> {
+    let mut keys = BTreeSet::new();
+    for p in policies {
+        if p.metadata.namespace.as_deref().unwrap_or_default() != namespace {
+            continue;
+        }
+        let sel = &p.spec.pod_selector;
+        keys.extend(sel.match_labels.iter().flatten().map(|(k, _)| k.as_str()));
+        keys.extend(
+            sel.match_expressions
+                .iter()
+                .flatten()
+                .map(|e| e.key.as_str()),
+        );
+    }
+    keys
 }
 
 /// Precedence between two policies setting the same sysctl: higher `priority` first, then
@@ -283,6 +307,57 @@ mod tests {
             let arcs: Vec<std::sync::Arc<TuningPolicy>> =
                 policies.iter().cloned().map(std::sync::Arc::new).collect();
             assert_eq!(selecting_names(p, &arcs), sorted);
+        }
+    }
+
+    #[test]
+    fn a_pod_with_only_the_selector_keys_is_selected_alike() {
+        let policies = vec![
+            policy("shop", "web", 0, ml(&[("app", "web")])),
+            policy(
+                "shop",
+                "fe",
+                0,
+                exprs(vec![
+                    req("tier", "In", Some(&["fe"])),
+                    req("canary", "DoesNotExist", None),
+                ]),
+            ),
+            policy("shop", "all", 0, LabelSelector::default()),
+            policy("other", "elsewhere", 0, ml(&[("team", "x")])),
+        ];
+        let keys = selector_keys(&policies, "shop");
+        assert_eq!(
+            keys.into_iter().collect::<Vec<_>>(),
+            ["app", "canary", "tier"]
+        );
+        assert!(selector_keys(&policies, "empty").is_empty());
+        let all = [
+            ("app", "web"),
+            ("app", "api"),
+            ("tier", "fe"),
+            ("canary", "1"),
+            ("team", "x"),
+            ("pod-template-hash", "5d8f9"),
+        ];
+        // Every subset of labels (one value per key): the same policies as with the keys only.
+        for mask in 0u32..(1 << all.len()) {
+            let kv: BTreeMap<&str, &str> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, kv)| *kv)
+                .collect();
+            let kv: Vec<(&str, &str)> = kv.into_iter().collect();
+            let full = pod("shop", &kv);
+            let keys = selector_keys(&policies, "shop");
+            let only: Vec<(&str, &str)> = kv
+                .iter()
+                .filter(|(k, _)| keys.contains(k))
+                .copied()
+                .collect();
+            let names = |p: &Pod| selecting_names(p, &policies);
+            assert_eq!(names(&full), names(&pod("shop", &only)), "{kv:?}");
         }
     }
 }

@@ -31,18 +31,28 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn review_body() -> Bytes {
-    review_body_with_hash("7d9f8c6b5")
+    review_body_of("web", "7d9f8c6b5", "2026-11-01T10:00:00Z")
 }
 
-/// The same Deployment pod with another `pod-template-hash` (another rollout): a different pod
-/// shape for the plan memo.
-fn review_body_with_hash(hash: &str) -> Bytes {
+/// The Deployment pod of the first pod of another rollout: a new `pod-template-hash` (so a new
+/// generateName) and `restartedAt` — a different object, the same plan input.
+fn rollout_body(hash: &str) -> Bytes {
+    review_body_of("web", hash, &format!("2026-11-02T10:00:00Z/{hash}"))
+}
+
+/// A pod of a Deployment never seen before: another `app` label, which a policy selector in the
+/// namespace names (`batch`), so a new plan input — planned and patched from scratch.
+fn new_deployment_body(app: &str) -> Bytes {
+    review_body_of(app, "7d9f8c6b5", "2026-11-01T10:00:00Z")
+}
+
+fn review_body_of(app: &str, hash: &str, restarted_at: &str) -> Bytes {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "generateName": format!("web-{hash}-"), "namespace": "shop",
-            "labels": {"app": "web", "pod-template-hash": hash, "tier": "frontend"},
-            "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-01T10:00:00Z"},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("web-{hash}"), "uid": "4b0c5a8e-0000-4000-8000-000000000001", "controller": true, "blockOwnerDeletion": true}]},
-        "spec": {"serviceAccountName": "web", "nodeSelector": {"pool": "ingress"},
+            "generateName": format!("{app}-{hash}-"), "namespace": "shop",
+            "labels": {"app": app, "pod-template-hash": hash, "tier": "frontend"},
+            "annotations": {"kubectl.kubernetes.io/restartedAt": restarted_at},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-{hash}"), "uid": "4b0c5a8e-0000-4000-8000-000000000001", "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"serviceAccountName": app, "nodeSelector": {"pool": "ingress"},
             "containers": [
                 {"name": "nginx", "image": "nginx:1.27", "ports": [{"containerPort": 8080, "protocol": "TCP"}],
                  "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
@@ -59,12 +69,15 @@ fn review_body_with_hash(hash: &str) -> Bytes {
     Bytes::from(review.to_string())
 }
 
-/// Three policies selecting the pod, 200 elsewhere in the cluster; nodes in pool=ingress allow
-/// somaxconn.
+/// Three policies selecting the pod, one selecting `app=batch` beside them, 200 elsewhere in the
+/// cluster; nodes in pool=ingress allow somaxconn.
 fn snapshot() -> Snapshot {
+    // The three select the namespace's frontend pods (`tier=frontend`), whatever their app.
     let mk = |name: &str, spec: serde_json::Value| {
         let mut p = policy(name, spec);
         p.metadata.generation = Some(3);
+        p.spec.pod_selector.match_labels =
+            Some([("tier".to_string(), "frontend".to_string())].into());
         p
     };
     let mut policies = vec![
@@ -78,6 +91,11 @@ fn snapshot() -> Snapshot {
             json!({"sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]}),
         ),
     ];
+    // A fourth policy in the namespace, for another Deployment: its selector names `app`, so
+    // `app` is part of every pod's plan input here.
+    let mut batch = mk("batch", json!({"preset": "WideEphemeralPorts"}));
+    batch.spec.pod_selector.match_labels = Some([("app".to_string(), "batch".to_string())].into());
+    policies.push(batch);
     // 200 policies elsewhere in the cluster, as the cache would hold them.
     for i in 0..200 {
         let mut p = mk(
@@ -97,14 +115,28 @@ fn snapshot() -> Snapshot {
 /// The reviews a run sends, in turn.
 type Bodies = Arc<Vec<Bytes>>;
 
-/// `n` reviews of `n` different pods (distinct `pod-template-hash`, as from `n` rollouts), none
-/// seen before in this process: every one is planned from scratch.
-fn distinct_bodies(tag: &str, n: usize) -> Bodies {
-    Arc::new(
-        (0..n)
-            .map(|i| review_body_with_hash(&format!("{tag}{i:x}")))
+/// What every review of a run is.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// The same pod object every time (replicas of one ReplicaSet).
+    Replica,
+    /// The first pod of another rollout every time (same plan input, new object).
+    Rollout,
+    /// A pod of a never-seen Deployment every time (new plan input).
+    NewDeployment,
+}
+
+/// `n` reviews of `shape`, none seen before in this process (`tag` keeps runs apart).
+fn bodies(shape: Shape, tag: &str, n: usize) -> Bodies {
+    Arc::new(match shape {
+        Shape::Replica => vec![review_body()],
+        Shape::Rollout => (0..n)
+            .map(|i| rollout_body(&format!("{tag}{i:x}")))
             .collect(),
-    )
+        Shape::NewDeployment => (0..n)
+            .map(|i| new_deployment_body(&format!("svc-{tag}{i:x}")))
+            .collect(),
+    })
 }
 
 struct Figures {
@@ -317,7 +349,7 @@ fn main() {
         // `KT_BENCH_PROFILE=N`: only the handler on N new pod shapes, then exit — a short,
         // deterministic run to count instructions in (valgrind --tool=callgrind).
         if let Some(n) = std::env::var("KT_BENCH_PROFILE").ok().and_then(|v| v.parse::<usize>().ok()) {
-            let (snap, cfg, distinct) = (snapshot(), Config::new("kubetune-system", &[]), distinct_bodies("p", n));
+            let (snap, cfg, distinct) = (snapshot(), Config::new("kubetune-system", &[]), bodies(Shape::NewDeployment, "p", n));
             for b in distinct.iter() {
                 std::hint::black_box(kubetune_webhook::admission::mutate(b, &snap, &cfg).unwrap().body);
             }
@@ -350,18 +382,20 @@ fn main() {
                 std::hint::black_box(r.body);
             }
             let hit = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-            let distinct = distinct_bodies("h", n);
-            let snap = snapshot();
-            let t = Instant::now();
-            for b in distinct.iter() {
-                let r = kubetune_webhook::admission::mutate(b, &snap, &cfg).unwrap();
-                std::hint::black_box(r.body);
-            }
-            let miss = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-            println!("handler only (1 thread, no TLS/HTTP): {hit:.1}µs per review of a replica (plan memo hit), {miss:.1}µs per review of a new pod shape (decode+plan+patch+encode)");
+            let per_review = |shape: Shape, tag: &str| {
+                let (distinct, snap) = (bodies(shape, tag, n), snapshot());
+                let t = Instant::now();
+                for b in distinct.iter() {
+                    let r = kubetune_webhook::admission::mutate(b, &snap, &cfg).unwrap();
+                    std::hint::black_box(r.body);
+                }
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            };
+            let (rollout, miss) = (per_review(Shape::Rollout, "h"), per_review(Shape::NewDeployment, "h"));
+            println!("handler only (1 thread, no TLS/HTTP), µs per review: {hit:.1} replica (object memo hit), {rollout:.1} first pod of a rollout (plan-input memo hit), {miss:.1} never-seen Deployment (decode+plan+patch+encode)");
         }
         println!("real HTTPS server on 127.0.0.1 (tokio-rustls + hyper + warp), {workers} runtime workers shared with the clients, {clients} keep-alive clients, AdmissionReview of {} bytes", body.len());
-        let replicas: Bodies = Arc::new(vec![body.clone()]);
+        let replicas = bodies(Shape::Replica, "", 1);
         // Warm-up, then alternate so both handlers see the same machine state.
         let _ = saturate(a2, &ca, clients, 200, replicas.clone()).await;
         let _ = saturate(a1, &ca, clients, 200, replicas.clone()).await;
@@ -369,16 +403,18 @@ fn main() {
         // Each measurement is split into ROUNDS alternating no-op / kubetune (and which goes
         // first), so load from other processes on the machine hits both alike.
         const ROUNDS: usize = 4;
+        let cases = [
+            ("a", Shape::Replica, "replicas of one Deployment pod: after the first, answered from the object memo"),
+            ("b", Shape::Rollout, "every review the first pod of another rollout (new pod-template-hash and restartedAt): answered from the plan-input memo"),
+            ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector): planned and patched from scratch"),
+        ];
         let per_round = per_client / ROUNDS;
-        for (title, fresh) in [
-            ("replicas of one Deployment pod: after the first, answered from the plan memo", false),
-            ("every review a different pod shape (new pod-template-hash): planned and patched from scratch", true),
-        ] {
-            println!("\n1{}) saturation, {title} (closed loop, {} reviews per client in {ROUNDS} alternating rounds):", if fresh { "b" } else { "a" }, per_round * ROUNDS);
+        for (letter, shape, title) in cases {
+            println!("\n1{letter}) saturation, {title} (closed loop, {} reviews per client in {ROUNDS} alternating rounds):", per_round * ROUNDS);
             header();
             let (mut n, mut r) = (Vec::new(), Vec::new());
             for i in 0..ROUNDS {
-                let bodies = if fresh { distinct_bodies(&format!("r{i}-"), clients * per_round) } else { replicas.clone() };
+                let bodies = bodies(shape, &format!("r{i}-"), clients * per_round);
                 if i % 2 == 0 {
                     n.push(saturate(a2, &ca, clients, per_round, bodies.clone()).await);
                     r.push(saturate(a1, &ca, clients, per_round, bodies).await);
@@ -394,12 +430,12 @@ fn main() {
         }
 
         let part = seconds / ROUNDS as f64;
-        for (title, fresh) in [("replicas", false), ("every review a different pod shape (planned from scratch)", true)] {
-            println!("\n2{}) {title} at a fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):", if fresh { "b" } else { "a" });
+        for (letter, shape, title) in cases {
+            println!("\n2{letter}) {title}, at a fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):");
             header();
             let (mut n, mut r) = (Vec::new(), Vec::new());
             for i in 0..ROUNDS {
-                let bodies = if fresh { distinct_bodies(&format!("f{i}-"), (rate * part) as usize + clients) } else { replicas.clone() };
+                let bodies = bodies(shape, &format!("f{i}-"), (rate * part) as usize + clients);
                 if i % 2 == 0 {
                     n.push(fixed_rate(a2, &ca, clients, rate, part, bodies.clone()).await);
                     r.push(fixed_rate(a1, &ca, clients, rate, part, bodies).await);

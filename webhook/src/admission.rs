@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kubetune_crds::decision::SKIP_ANNOTATION;
 use kubetune_crds::facts::ClusterFacts;
+use kubetune_crds::matching::selector_keys;
 use kubetune_crds::policy::{validate_spec, TuningPolicy};
 
 use crate::memo::{PlanMemo, Planned};
@@ -34,8 +35,12 @@ pub struct Snapshot {
     /// Cluster facts: node truth (Nodes and their NodeTunings) with the optional
     /// `kubetune-cluster-facts` ConfigMap override.
     pub facts: ClusterFacts,
-    /// Answers already computed against this snapshot (starts empty; see [`PlanMemo`]).
+    /// Answers already computed against this snapshot, by pod object (starts empty; see
+    /// [`PlanMemo`]): replicas of one pod template.
     pub memo: PlanMemo,
+    /// The same, by plan input ([`PodSubset::plan_input`]): pods that differ only in what
+    /// kubetune does not read, e.g. the first pods of successive rollouts of one Deployment.
+    pub inputs: PlanMemo,
 }
 
 impl Snapshot {
@@ -135,22 +140,45 @@ fn mutate_request(req: &Request<'_>, snap: &Snapshot, cfg: &Config) -> Answer {
     // `restricted` so nothing the apiserver could reject is injected, and say so. Such answers
     // are not memoised (the warning belongs to this moment, not to the snapshot).
     let (ns, warning) = namespace_facts(snap, &namespace);
-    let pod = subset.into_pod();
-    let planned = plan_and_patch(&pod, &ns, snap);
-    let name = pod.metadata.name.as_deref();
+    let name = subset.display_name().to_string();
+    let input = subset.plan_input(&selector_keys(&snap.policies, &namespace));
+    let (planned, hit) = plan_input_answer(input, &ns, snap, memo_ns);
     tracing::debug!(
         uid,
         namespace,
-        pod = name.or(pod.metadata.generate_name.as_deref()).unwrap_or(""),
+        pod = name,
         outcome = planned.outcome.as_str(),
+        plan_input_memo_hit = hit,
         dry_run = req.dry_run.unwrap_or(false),
         "planned pod"
     );
-    let answer = planned.answer(uid, warning.as_deref(), false);
+    let answer = planned.answer(uid, warning.as_deref(), hit);
     if let Some(ns) = memo_ns {
-        snap.memo.insert(ns, raw, Arc::new(planned));
+        snap.memo.insert(ns, raw, planned);
     }
     answer
+}
+
+/// The plan and patch of a pod's plan input: from the snapshot's plan-input memo when it planned
+/// the same input before (the first pod of a rollout that changed nothing kubetune reads), else
+/// planned now and remembered. `memo_ns`: the namespace when the answer may be remembered.
+fn plan_input_answer(
+    input: PodSubset,
+    ns: &NamespaceFacts,
+    snap: &Snapshot,
+    memo_ns: Option<&str>,
+) -> (Arc<Planned>, bool) {
+    let key = memo_ns.map(|m| (m, input.key()));
+    if let Some((m, k)) = &key {
+        if let Some(hit) = snap.inputs.get(m, k) {
+            return (hit, true);
+        }
+    }
+    let planned = Arc::new(plan_and_patch(&input.into_pod(), ns, snap));
+    if let Some((m, k)) = key {
+        snap.inputs.insert(m, &k, planned.clone());
+    }
+    (planned, false)
 }
 
 /// Pods kubetune never touches: in an excluded namespace, mirror pods, opted out.

@@ -111,6 +111,7 @@ pub fn build_snapshot(stores: &Stores) -> Snapshot {
             .collect(),
         facts,
         memo: Default::default(),
+        inputs: Default::default(),
     }
 }
 

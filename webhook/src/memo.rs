@@ -1,4 +1,5 @@
-//! The per-snapshot plan memo: replicas of one pod template are planned once.
+//! The per-snapshot plan memo: replicas of one pod template are planned once, and so is one
+//! plan input (the first pods of rollouts that change nothing kubetune reads).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +20,10 @@ pub const MEMO_MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// webhook as the same JSON (the apiserver generates their names and uids after admission), so
 /// a scale-up, a rollout or a node drain plans once per pod template instead of once per pod.
 /// The key is the object's exact JSON: nothing that could change the answer can differ between
-/// a hit and the request it was computed for. A new snapshot (any policy, namespace or
+/// a hit and the request it was computed for. The snapshot keeps a second memo of the same type
+/// keyed by the canonical JSON of the pod's plan input
+/// ([`PodSubset::plan_input`](crate::podview::PodSubset::plan_input)): exactly what plan and
+/// patch are computed from, so a hit there is equally exact. A new snapshot (any policy, namespace or
 /// cluster-facts change) comes with an empty memo, so nothing outlives what it was computed
 /// from. Bounded: [`MEMO_CAPACITY`] objects, [`MEMO_MAX_BYTES`] in all, objects of at most
 /// [`MEMO_MAX_OBJECT_BYTES`].

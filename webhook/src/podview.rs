@@ -6,18 +6,31 @@
 //! whether `spec`, `securityContext` and `sysctls` are present, which the patch depends on. Everything else is
 //! skipped without being materialised.
 //!
-//! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::into_pod`] gives an
-//! ordinary `Pod` with just those fields, so the planner and the patch builder keep their typed
-//! API.
+//! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::plan_input`] narrows
+//! it further to what they read in one snapshot (the labels its selectors name, kubetune's own
+//! annotations; not the name), and [`PodSubset::key`] is that input's canonical JSON, the key of
+//! the plan-input memo. [`PodSubset::into_pod`] gives an ordinary `Pod` with just those fields, so
+//! the planner and the patch builder keep their typed API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Affinity, Pod, PodSecurityContext, PodSpec, Sysctl};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Deserialize;
+use kubetune_crds::decision::{
+    DECISION_ANNOTATION, MULTUS_NETWORKS_ANNOTATION, SUMMARY_ANNOTATION,
+};
+use serde::{Deserialize, Serialize};
+
+/// The pod annotations the planner and the patch read (the skip and mirror annotations are read
+/// before, to exclude a pod).
+pub const PLAN_ANNOTATIONS: [&str; 3] = [
+    DECISION_ANNOTATION,
+    SUMMARY_ANNOTATION,
+    MULTUS_NETWORKS_ANNOTATION,
+];
 
 /// The planner-relevant subset of a Pod.
-#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 pub struct PodSubset {
     #[serde(default, deserialize_with = "object")]
     metadata: Option<MetaSubset>,
@@ -52,7 +65,7 @@ where
     d.deserialize_any(V(std::marker::PhantomData))
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct MetaSubset {
     #[serde(default)]
@@ -67,7 +80,7 @@ struct MetaSubset {
     annotations: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct SpecSubset {
     #[serde(default)]
@@ -84,13 +97,13 @@ struct SpecSubset {
     security_context: Option<SecurityContextSubset>,
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 struct SecurityContextSubset {
     #[serde(default)]
     sysctls: Option<Vec<SysctlSubset>>,
 }
 
-#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 struct SysctlSubset {
     name: String,
     value: String,
@@ -122,6 +135,35 @@ impl PodSubset {
             .as_ref()?
             .get(key)
             .map(String::as_str)
+    }
+    /// `metadata.name`, else `metadata.generateName` (for logs).
+    pub fn display_name(&self) -> &str {
+        let m = self.metadata.as_ref();
+        m.and_then(|m| m.name.as_deref().or(m.generate_name.as_deref()))
+            .unwrap_or_default()
+    }
+    /// What the planner and the patch read of this pod when the pod selectors of its namespace
+    /// name `label_keys`: those labels only, [`PLAN_ANNOTATIONS`] only (an annotation map that is
+    /// present stays present, which the patch's paths depend on), no name or generateName. Two
+    /// pods with the same plan input get the same plan and patch against the same snapshot, e.g.
+    /// the first pods of two rollouts of one Deployment whose template changed only in fields
+    /// kubetune does not read (images, env, `pod-template-hash`, `restartedAt`).
+    pub fn plan_input(mut self, label_keys: &BTreeSet<&str>) -> PodSubset {
+        if let Some(m) = self.metadata.as_mut() {
+            m.name = None;
+            m.generate_name = None;
+            if let Some(l) = m.labels.as_mut() {
+                l.retain(|k, _| label_keys.contains(k.as_str()));
+            }
+            if let Some(a) = m.annotations.as_mut() {
+                a.retain(|k, _| PLAN_ANNOTATIONS.contains(&k.as_str()));
+            }
+        }
+        self
+    }
+    /// Canonical JSON of the subset (maps in key order): equal keys, equal subsets.
+    pub fn key(&self) -> String {
+        sonic_rs::to_string(self).expect("a pod subset serialises")
     }
     /// An ordinary `Pod` carrying just these fields.
     pub fn into_pod(self) -> Pod {

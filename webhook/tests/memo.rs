@@ -1,5 +1,6 @@
-//! The per-snapshot plan memo: a repeated pod object is answered from it, byte for byte as it
-//! would be planned afresh; anything that could change the answer misses; it stays bounded.
+//! The per-snapshot plan memos: a repeated pod object, or a pod whose plan input was planned
+//! before, is answered from them, byte for byte as it would be planned afresh; anything that
+//! could change the answer misses; they stay bounded.
 
 mod common;
 
@@ -74,19 +75,17 @@ fn replicas_are_answered_from_the_memo_as_if_planned_afresh() {
 }
 
 #[test]
-fn any_change_to_the_object_misses() {
+fn any_change_kubetune_reads_misses_both_memos() {
     let snap = snapshot(policies());
     let cfg = Config::new("kubetune-system", &[]);
     let base = replica(json!({}));
     let a = send(&snap, &cfg, &base, "a");
     for change in [
-        json!({"metadata": {"labels": {"app": "api"}}}),
         json!({"metadata": {"annotations": {"kubetune.dev/skip": "true"}}}),
         json!({"spec": {"hostNetwork": true}}),
         json!({"spec": {"nodeSelector": {"pool": "general"}}}),
         json!({"spec": {"securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]}}}),
-        // Not read by the planner, still another object: the key is the exact JSON.
-        json!({"spec": {"containers": [{"name": "nginx", "image": "nginx:2"}]}}),
+        json!({"metadata": {"annotations": {"k8s.v1.cni.cncf.io/networks": "not json ["}}}),
     ] {
         let obj = {
             let mut o = base.clone();
@@ -95,16 +94,69 @@ fn any_change_to_the_object_misses() {
         };
         let r = send(&snap, &cfg, &obj, "x");
         assert!(!r.memo_hit, "{change}");
-        if change["spec"]["containers"].is_null() {
-            assert_ne!(
-                without_uid(&r),
-                without_uid(&a),
-                "{change} changes the answer"
-            );
-        }
+        assert_ne!(
+            without_uid(&r),
+            without_uid(&a),
+            "{change} changes the answer"
+        );
     }
     // The original is still remembered.
     assert!(send(&snap, &cfg, &base, "y").memo_hit);
+}
+
+/// The first pod of each rollout of one Deployment: a new `pod-template-hash`, generateName and
+/// `restartedAt`, maybe a new image — nothing the planner reads. The first is planned, the others
+/// are answered from the plan-input memo, exactly as a fresh snapshot plans them.
+#[test]
+fn first_pods_of_rollouts_share_one_plan() {
+    let cfg = Config::new("kubetune-system", &[]);
+    let rollout = |i: usize| {
+        replica(json!({"metadata": {
+            "generateName": format!("web-{i:x}-"),
+            "labels": {"app": "web", "pod-template-hash": format!("{i:x}")},
+            "annotations": {"kubectl.kubernetes.io/restartedAt": format!("2026-12-0{}T10:00:00Z", i + 1)}},
+            "spec": {"containers": [{"name": "nginx", "image": format!("nginx:1.2{i}")}]}}))
+    };
+    let snap = snapshot(policies());
+    let first = send(&snap, &cfg, &rollout(0), "a");
+    assert!(!first.memo_hit && first.patch().is_some());
+    assert_eq!(snap.inputs.len(), 1);
+    for i in 1..5 {
+        let obj = rollout(i);
+        let r = send(&snap, &cfg, &obj, "b");
+        assert!(r.memo_hit, "rollout {i}");
+        assert_eq!(without_uid(&r), without_uid(&first), "rollout {i}");
+        let fresh = send(&snap.clone(), &cfg, &obj, "b");
+        assert!(!fresh.memo_hit);
+        assert_eq!(without_uid(&r), without_uid(&fresh), "rollout {i}");
+    }
+    assert_eq!(snap.inputs.len(), 1, "one plan input");
+    assert_eq!(snap.memo.len(), 5, "five pod objects");
+
+    // A label a selector reads is part of the plan input, even when it selects alike.
+    let mut p = policies();
+    p[0].spec.pod_selector.match_labels = Some([("app".to_string(), "web".to_string())].into());
+    let mut tiered = policies();
+    tiered[0].spec.pod_selector.match_expressions = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+            key: "pod-template-hash".into(),
+            operator: "Exists".into(),
+            values: None,
+        },
+    ]);
+    for policies in [p, tiered] {
+        let snap = snapshot(policies);
+        let a = send(&snap, &cfg, &rollout(0), "a");
+        let b = send(&snap, &cfg, &rollout(1), "b");
+        assert!(a.patch().is_some() && !a.memo_hit);
+        let reads_hash = snap.policies[0]
+            .spec
+            .pod_selector
+            .match_expressions
+            .is_some();
+        assert_eq!(b.memo_hit, !reads_hash);
+        assert_eq!(without_uid(&a), without_uid(&b));
+    }
 }
 
 #[test]
@@ -188,6 +240,8 @@ fn the_memo_is_bounded() {
         send(&snap, &cfg, &obj, "x");
         assert!(snap.memo.len() <= MEMO_CAPACITY);
         assert!(snap.memo.bytes() <= MEMO_MAX_BYTES);
+        // Each differs in a label a selector could read only if one named it: one plan input.
+        assert_eq!(snap.inputs.len(), 1);
     }
     // Byte budget: objects near the per-object limit fill it before the count does.
     let snap = snapshot(policies());
@@ -224,11 +278,13 @@ proptest! {
         pool in prop::sample::select(vec!["ingress", "general", ""]),
         own in prop::option::of(prop::sample::select(vec!["128", "4096", "8192"])),
         decided in any::<bool>(),
+        unread in 0u32..1000,
     ) {
         let snap = snapshot(policies());
         let cfg = Config::new("kubetune-system", &[]);
         let mut obj = replica(json!({}));
         obj["metadata"]["labels"] = Value::Object(labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect());
+        obj["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/restartedAt": "0"});
         obj["spec"]["hostNetwork"] = json!(host_network);
         if !pool.is_empty() {
             obj["spec"]["nodeSelector"] = json!({"pool": pool});
@@ -250,5 +306,16 @@ proptest! {
         prop_assert_eq!(without_uid(&a), without_uid(&b));
         prop_assert_eq!(without_uid(&a), without_uid(&c));
         prop_assert_eq!(a.outcome, b.outcome);
+        // Another rollout of the same template (fields the planner does not read): answered
+        // from the plan-input memo when `a` was planned, and as a fresh snapshot answers it.
+        let mut next = obj.clone();
+        next["metadata"]["generateName"] = json!(format!("web-{unread:x}-"));
+        next["metadata"]["labels"]["pod-template-hash"] = json!(format!("{unread:x}"));
+        next["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] = json!(unread.to_string());
+        let d = send(&snap, &cfg, &next, "d");
+        let e = send(&snap.clone(), &cfg, &next, "e");
+        let opted_out = labels.iter().any(|(k, _)| *k == "kubetune.dev/skip");
+        prop_assert_eq!(d.memo_hit, !opted_out);
+        prop_assert_eq!(without_uid(&d), without_uid(&e));
     }
 }
