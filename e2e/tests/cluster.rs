@@ -1367,6 +1367,74 @@ time.sleep(3600)
 /// `restartPods: Rollout`: a Deployment running before the policy is restarted by the operator
 /// (no manual step), its new pods carry the sysctl, the status says so and Verified follows after
 /// the window; the restart happens once per policy generation.
+/// `kubectl rollout restart` twice: the first pod of each rollout (new `pod-template-hash` and
+/// `restartedAt`, nothing kubetune reads) gets the sysctl and the same decision record as the
+/// first rollout's pods — the answer a webhook replica may give from its plan-input memo.
+#[test]
+fn every_rollout_of_a_deployment_gets_the_same_decision() {
+    let Some((_g, ns)) = setup("rollouts", &[]) else {
+        return;
+    };
+    ns.apply(policy(
+        "keepalive",
+        "web",
+        json!({"sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "600"}]}),
+    ))
+    .unwrap();
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}}});
+    ns.apply(deployment).unwrap();
+    let rollout = |args: &[&str]| {
+        let mut a = vec!["-n", ns.name.as_str(), "rollout"];
+        a.extend_from_slice(args);
+        kubectl(&a, None).unwrap_or_else(|e| panic!("rollout {args:?}: {e}"));
+    };
+    rollout(&["status", "deployment/web", "--timeout=180s"]);
+    // The live pods of the Deployment's newest ReplicaSet as (pod-template-hash, pod).
+    let newest = |seen: &[String]| -> Option<(String, Value)> {
+        let list = get_json(&["-n", &ns.name, "get", "pods", "-l", "app=web", "-o", "json"]);
+        list["items"].as_array()?.iter().find_map(|p| {
+            let hash = p["metadata"]["labels"]["pod-template-hash"].as_str()?;
+            (p["metadata"]["deletionTimestamp"].is_null() && !seen.iter().any(|s| s == hash))
+                .then(|| (hash.to_string(), p.clone()))
+        })
+    };
+    let (hash, first) = newest(&[]).expect("the first rollout's pod");
+    assert!(
+        sysctls(&first).contains(&("net.ipv4.tcp_keepalive_time".into(), "600".into())),
+        "{first}"
+    );
+    let record = first["metadata"]["annotations"][DECISION_ANNOTATION].clone();
+    let mut seen = vec![hash];
+    for round in 1..=2 {
+        rollout(&["restart", "deployment/web"]);
+        rollout(&["status", "deployment/web", "--timeout=180s"]);
+        let mut pod = Value::Null;
+        let hash = wait_for(
+            &format!("the pod of rollout {round}"),
+            Duration::from_secs(60),
+            || {
+                let (h, p) = newest(&seen)?;
+                pod = p;
+                Some(h)
+            },
+        );
+        assert!(
+            sysctls(&pod).contains(&("net.ipv4.tcp_keepalive_time".into(), "600".into())),
+            "rollout {round}: {pod}"
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"][DECISION_ANNOTATION], record,
+            "rollout {round}: the same decision record"
+        );
+        assert_eq!(decision(&pod).policies.len(), 1);
+        seen.push(hash);
+    }
+}
+
 #[test]
 fn rollout_policy_restarts_a_running_deployment_once() {
     let Some((_g, ns)) = setup("rollout", &[]) else {
