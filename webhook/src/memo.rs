@@ -23,9 +23,9 @@ pub const MEMO_MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// a hit and the request it was computed for. The snapshot keeps a second memo of the same type
 /// keyed by the canonical JSON of the pod's plan input
 /// ([`PodSubset::plan_input`](crate::podview::PodSubset::plan_input)): exactly what plan and
-/// patch are computed from, so a hit there is equally exact. A new snapshot (any policy, namespace or
-/// cluster-facts change) comes with an empty memo, so nothing outlives what it was computed
-/// from. Bounded: [`MEMO_CAPACITY`] objects, [`MEMO_MAX_BYTES`] in all, objects of at most
+/// patch are computed from, so a hit there is equally exact. A new snapshot (any policy,
+/// namespace or cluster-facts change) comes with empty memos, so nothing outlives what it was
+/// computed from. Bounded: [`MEMO_CAPACITY`] objects, [`MEMO_MAX_BYTES`] in all, objects of at most
 /// [`MEMO_MAX_OBJECT_BYTES`].
 #[derive(Default)]
 pub struct PlanMemo {
