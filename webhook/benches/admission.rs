@@ -116,7 +116,7 @@ fn snapshot() -> Snapshot {
 type Bodies = Arc<Vec<Bytes>>;
 
 /// What every review of a run is.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Shape {
     /// The same pod object every time (replicas of one ReplicaSet).
     Replica,
