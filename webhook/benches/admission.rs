@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kubetune_test_support::admission::{facts_with, ingress_nodes, policy, review_of};
+use kubetune_test_support::admission::{facts_with, ingress_nodes, policy};
 use kubetune_test_support::client;
 use kubetune_test_support::webhook::snapshot_labelled;
 use kubetune_webhook::admission::{Config, Snapshot};
@@ -31,22 +31,24 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn review_body() -> Bytes {
-    review_body_of("web", "7d9f8c6b5", "2026-11-01T10:00:00Z")
+    review_body_of("web", "7d9f8c6b5", "2026-11-01T10:00:00Z", 0)
 }
 
 /// The Deployment pod of the first pod of another rollout: a new `pod-template-hash` (so a new
 /// generateName) and `restartedAt` — a different object, the same plan input.
-fn rollout_body(hash: &str) -> Bytes {
-    review_body_of("web", hash, &format!("2026-11-02T10:00:00Z/{hash}"))
+fn rollout_body(hash: &str, uid: usize) -> Bytes {
+    review_body_of("web", hash, &format!("2026-11-02T10:00:00Z/{hash}"), uid)
 }
 
 /// A pod of a Deployment never seen before: another `app` label, which a policy selector in the
 /// namespace names (`batch`), so a new plan input — planned and patched from scratch.
-fn new_deployment_body(app: &str) -> Bytes {
-    review_body_of(app, "7d9f8c6b5", "2026-11-01T10:00:00Z")
+fn new_deployment_body(app: &str, uid: usize) -> Bytes {
+    review_body_of(app, "7d9f8c6b5", "2026-11-01T10:00:00Z", uid)
 }
 
-fn review_body_of(app: &str, hash: &str, restarted_at: &str) -> Bytes {
+/// The review as the apiserver writes it: `request.uid` first (the `uid`-th request's), the
+/// ReplicaSet controller as the requester, CreateOptions.
+fn review_body_of(app: &str, hash: &str, restarted_at: &str, uid: usize) -> Bytes {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
             "generateName": format!("{app}-{hash}-"), "namespace": "shop",
             "labels": {"app": app, "pod-template-hash": hash, "tier": "frontend"},
@@ -60,13 +62,18 @@ fn review_body_of(app: &str, hash: &str, restarted_at: &str) -> Bytes {
                 {"name": "envoy", "image": "envoyproxy/envoy:v1.31", "args": ["-c", "/etc/envoy/envoy.yaml"],
                  "volumeMounts": [{"name": "cfg", "mountPath": "/etc/envoy"}]}],
             "volumes": [{"name": "cfg", "configMap": {"name": "envoy"}}]}});
-    let review = review_of(
-        "Pod",
-        &json!("shop"),
-        &pod,
-        "00000000-0000-4000-8000-000000000000",
+    let review = format!(
+        concat!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"6f1d2c3a-0000-4000-8000-{:012x}","#,
+            r#""kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"#,
+            r#""requestKind":{{"group":"","version":"v1","kind":"Pod"}},"requestResource":{{"group":"","version":"v1","resource":"pods"}},"#,
+            r#""namespace":"shop","operation":"CREATE","#,
+            r#""userInfo":{{"username":"system:serviceaccount:kube-system:replicaset-controller","uid":"5e1f0a2b-0000-4000-8000-000000000002","groups":["system:serviceaccounts","system:serviceaccounts:kube-system","system:authenticated"]}},"#,
+            r#""object":{},"oldObject":null,"dryRun":false,"options":{{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}}}}"#
+        ),
+        uid, pod
     );
-    Bytes::from(review.to_string())
+    Bytes::from(review)
 }
 
 /// Three policies selecting the pod, one selecting `app=batch` beside them, 200 elsewhere in the
@@ -116,7 +123,7 @@ fn snapshot() -> Snapshot {
 type Bodies = Arc<Vec<Bytes>>;
 
 /// What every review of a run is.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Shape {
     /// The same pod object every time (replicas of one ReplicaSet).
     Replica,
@@ -129,12 +136,16 @@ enum Shape {
 /// `n` reviews of `shape`, none seen before in this process (`tag` keeps runs apart).
 fn bodies(shape: Shape, tag: &str, n: usize) -> Bodies {
     Arc::new(match shape {
-        Shape::Replica => vec![review_body()],
+        // Replicas: one pod object, each review with its own uid (as many as the bench cycles
+        // through, up to 1,024).
+        Shape::Replica => (0..n.clamp(1, 1024))
+            .map(|i| review_body_of("web", "7d9f8c6b5", "2026-11-01T10:00:00Z", i))
+            .collect(),
         Shape::Rollout => (0..n)
-            .map(|i| rollout_body(&format!("{tag}{i:x}")))
+            .map(|i| rollout_body(&format!("{tag}{i:x}"), i))
             .collect(),
         Shape::NewDeployment => (0..n)
-            .map(|i| new_deployment_body(&format!("svc-{tag}{i:x}")))
+            .map(|i| new_deployment_body(&format!("svc-{tag}{i:x}"), i))
             .collect(),
     })
 }
@@ -349,11 +360,17 @@ fn main() {
         // `KT_BENCH_PROFILE=N`: only the handler on N new pod shapes, then exit — a short,
         // deterministic run to count instructions in (valgrind --tool=callgrind).
         if let Some(n) = std::env::var("KT_BENCH_PROFILE").ok().and_then(|v| v.parse::<usize>().ok()) {
-            let (snap, cfg, distinct) = (snapshot(), Config::new("kubetune-system", &[]), bodies(Shape::NewDeployment, "p", n));
-            for b in distinct.iter() {
+            // `KT_BENCH_SHAPE=rollout|replica`: case b or a instead of c.
+            let shape = match std::env::var("KT_BENCH_SHAPE").as_deref() {
+                Ok("rollout") => Shape::Rollout,
+                Ok("replica") => Shape::Replica,
+                _ => Shape::NewDeployment,
+            };
+            let (snap, cfg, distinct) = (snapshot(), Config::new("kubetune-system", &[]), bodies(shape, "p", n));
+            for b in distinct.iter().cycle().take(n) {
                 std::hint::black_box(kubetune_webhook::admission::mutate(b, &snap, &cfg).unwrap().body);
             }
-            println!("{n} new pod shapes through the handler");
+            println!("{n} pods ({shape:?}) through the handler");
             return;
         }
 
@@ -392,10 +409,10 @@ fn main() {
                 t.elapsed().as_secs_f64() * 1e6 / n as f64
             };
             let (rollout, miss) = (per_review(Shape::Rollout, "h"), per_review(Shape::NewDeployment, "h"));
-            println!("handler only (1 thread, no TLS/HTTP), µs per review: {hit:.1} replica (object memo hit), {rollout:.1} first pod of a rollout (plan-input memo hit), {miss:.1} never-seen Deployment (decode+plan+patch+encode)");
+            println!("handler only (1 thread, no TLS/HTTP), µs per review: {hit:.1} replica (review memo hit), {rollout:.1} first pod of a rollout (plan-input memo hit), {miss:.1} never-seen Deployment (decode+plan+patch+encode)");
         }
         println!("real HTTPS server on 127.0.0.1 (tokio-rustls + hyper + warp), {workers} runtime workers shared with the clients, {clients} keep-alive clients, AdmissionReview of {} bytes", body.len());
-        let replicas = bodies(Shape::Replica, "", 1);
+        let replicas = bodies(Shape::Replica, "", 1024);
         // Warm-up, then alternate so both handlers see the same machine state.
         let _ = saturate(a2, &ca, clients, 200, replicas.clone()).await;
         let _ = saturate(a1, &ca, clients, 200, replicas.clone()).await;
@@ -404,7 +421,7 @@ fn main() {
         // first), so load from other processes on the machine hits both alike.
         const ROUNDS: usize = 4;
         let cases = [
-            ("a", Shape::Replica, "replicas of one Deployment pod: after the first, answered from the object memo"),
+            ("a", Shape::Replica, "replicas of one Deployment pod (each review its own uid): after the first, answered from the review memo"),
             ("b", Shape::Rollout, "every review the first pod of another rollout (new pod-template-hash and restartedAt): answered from the plan-input memo"),
             ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector): planned and patched from scratch"),
         ];

@@ -6,8 +6,8 @@
 //! at all is a 400. `/validate` denies invalid TuningPolicies with the validation messages.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
@@ -15,11 +15,12 @@ use kubetune_crds::decision::SKIP_ANNOTATION;
 use kubetune_crds::facts::ClusterFacts;
 use kubetune_crds::matching::selector_keys;
 use kubetune_crds::policy::{validate_spec, TuningPolicy};
+use serde_json::value::RawValue;
 
-use crate::memo::{PlanMemo, Planned};
+use crate::memo::{PlanMemo, Planned, ReviewMemo};
 use crate::patch::build_patch;
 use crate::plan::{plan, NamespaceFacts, PSA_ENFORCE};
-use crate::podview::PodSubset;
+use crate::podview::{decode_subset, PodSubset};
 use crate::review::{self, Answer, NotJson, Request, ReviewOutcome};
 
 /// Annotation the kubelet sets on mirror (static) pods.
@@ -35,12 +36,15 @@ pub struct Snapshot {
     /// Cluster facts: node truth (Nodes and their NodeTunings) with the optional
     /// `kubetune-cluster-facts` ConfigMap override.
     pub facts: ClusterFacts,
-    /// Answers already computed against this snapshot, by pod object (starts empty; see
-    /// [`PlanMemo`]): replicas of one pod template.
-    pub memo: PlanMemo,
+    /// Answers already computed against this snapshot, by review body but its uid (starts
+    /// empty; see [`ReviewMemo`]): replicas of one pod template.
+    pub memo: ReviewMemo,
     /// The same, by plan input ([`PodSubset::plan_input`]): pods that differ only in what
     /// kubetune does not read, e.g. the first pods of successive rollouts of one Deployment.
     pub inputs: PlanMemo,
+    /// The label keys the pod selectors of each namespace's policies name (filled as
+    /// namespaces are seen; a copied snapshot starts empty).
+    pub selector_keys: SelectorKeys,
 }
 
 impl Snapshot {
@@ -67,6 +71,34 @@ fn versions(p: &[TuningPolicy]) -> Vec<(Option<&str>, Option<&str>, Option<&str>
         .collect()
 }
 
+/// [`selector_keys`] of a snapshot's policies, once per namespace.
+#[derive(Default, Debug)]
+pub struct SelectorKeys(Mutex<HashMap<String, Arc<BTreeSet<String>>>>);
+
+impl Clone for SelectorKeys {
+    /// A copied snapshot (whose policies may then change) starts empty.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl SelectorKeys {
+    /// The label keys the selectors of `policies` in `namespace` name.
+    pub fn of(&self, policies: &[TuningPolicy], namespace: &str) -> Arc<BTreeSet<String>> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = m.get(namespace) {
+            return k.clone();
+        }
+        let keys: BTreeSet<String> = selector_keys(policies, namespace)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let keys = Arc::new(keys);
+        m.insert(namespace.to_string(), keys.clone());
+        keys
+    }
+}
+
 /// Static configuration of the handlers.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -90,41 +122,55 @@ impl Config {
 }
 
 /// `/mutate`: plan and patch a pod. Always allows; see the module docs.
+///
+/// A review equal to one answered before but for its uid (a replica) is answered from the
+/// [`ReviewMemo`] without being decoded. Else the review is decoded in one pass with the pod's
+/// [`PodSubset`]; only when that fails is it decoded again with the object raw, to say exactly
+/// what is wrong.
 pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Answer, NotJson> {
-    Ok(match review::decode(body)? {
-        Ok(req) => mutate_request(&req, snap, cfg),
+    if let Some((hit, uid)) = snap.memo.get(body) {
+        // Remembered only for a namespace the configuration did not exclude; checked again
+        // because one snapshot may serve handlers with different configurations (tests).
+        if !cfg.excluded_namespaces.contains(&hit.namespace) {
+            return Ok(hit.answer(uid, None, true));
+        }
+    }
+    if let Ok(Ok(req)) = review::decode::<PodSubset>(body) {
+        let uid = req.uid.clone();
+        let (answer, memoisable) = mutate_request(req.map_object(Ok), snap, cfg);
+        if let Some(planned) = memoisable {
+            snap.memo.insert(body, &uid, planned);
+        }
+        return Ok(answer);
+    }
+    Ok(match review::decode::<&RawValue>(body)? {
+        Ok(req) => mutate_request(req.map_object(|o| decode_subset(o.get())), snap, cfg).0,
         Err(malformed) => malformed,
     })
 }
 
-fn mutate_request(req: &Request<'_>, snap: &Snapshot, cfg: &Config) -> Answer {
+/// The answer to a decoded review, and the plan when the answer may be remembered for the
+/// review (a planned pod in a cached, not excluded namespace).
+fn mutate_request(
+    req: Request<'_, Result<PodSubset, serde_json::Error>>,
+    snap: &Snapshot,
+    cfg: &Config,
+) -> (Answer, Option<Arc<Planned>>) {
     let uid = &*req.uid;
     if req.kind.kind != "Pod" || !req.kind.group.is_empty() {
         let why = format!("/mutate handles Pods, not {}", req.kind.kind);
-        return Answer::malformed(uid, why);
+        return (Answer::malformed(uid, why), None);
     }
     if req.operation != "CREATE" {
-        return Answer::allowed(uid, ReviewOutcome::Skipped);
+        return (Answer::allowed(uid, ReviewOutcome::Skipped), None);
     }
-    let Some(raw) = req.object else {
-        return Answer::malformed(uid, "review has no object".into());
-    };
-    let raw = raw.get();
-    // The memo answers only a known object in a known, not excluded namespace: such an object
-    // was planned before, past every check below, which depend on nothing but the object, the
-    // namespace and the snapshot.
-    let memo_ns = req
-        .namespace
-        .as_deref()
-        .filter(|ns| !cfg.excluded_namespaces.contains(*ns) && snap.namespaces.contains_key(*ns));
-    if let Some(ns) = memo_ns {
-        if let Some(hit) = snap.memo.get(ns, raw) {
-            return hit.answer(uid, None, true);
+    let mut subset = match req.object {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let why = format!("object is not a valid Pod: {e}");
+            return (Answer::malformed(uid, why), None);
         }
-    }
-    let mut subset = match crate::podview::decode_subset(raw) {
-        Ok(p) => p,
-        Err(e) => return Answer::malformed(uid, format!("object is not a valid Pod: {e}")),
+        None => return (Answer::malformed(uid, "review has no object".into()), None),
     };
     let namespace = req
         .namespace
@@ -134,29 +180,26 @@ fn mutate_request(req: &Request<'_>, snap: &Snapshot, cfg: &Config) -> Answer {
         .to_string();
     subset.set_namespace(namespace.clone());
     if excluded(&subset, &namespace, cfg) {
-        return Answer::allowed(uid, ReviewOutcome::Skipped);
+        return (Answer::allowed(uid, ReviewOutcome::Skipped), None);
     }
     // A namespace the cache has not seen yet (created a moment ago): assume PodSecurity
     // `restricted` so nothing the apiserver could reject is injected, and say so. Such answers
     // are not memoised (the warning belongs to this moment, not to the snapshot).
     let (ns, warning) = namespace_facts(snap, &namespace);
-    let name = subset.display_name().to_string();
-    let input = subset.plan_input(&selector_keys(&snap.policies, &namespace));
+    let memo_ns = warning.is_none().then_some(namespace.as_str());
+    let keys = snap.selector_keys.of(&snap.policies, &namespace);
+    let input = subset.plan_input(&keys);
     let (planned, hit) = plan_input_answer(input, &ns, snap, memo_ns);
     tracing::debug!(
         uid,
         namespace,
-        pod = name,
         outcome = planned.outcome.as_str(),
         plan_input_memo_hit = hit,
         dry_run = req.dry_run.unwrap_or(false),
         "planned pod"
     );
     let answer = planned.answer(uid, warning.as_deref(), hit);
-    if let Some(ns) = memo_ns {
-        snap.memo.insert(ns, raw, planned);
-    }
-    answer
+    (answer, memo_ns.map(|_| planned))
 }
 
 /// The plan and patch of a pod's plan input: from the snapshot's plan-input memo when it planned
@@ -170,13 +213,13 @@ fn plan_input_answer(
 ) -> (Arc<Planned>, bool) {
     let key = memo_ns.map(|m| (m, input.key()));
     if let Some((m, k)) = &key {
-        if let Some(hit) = snap.inputs.get(m, k) {
+        if let Some(hit) = snap.inputs.get(m, k.as_bytes()) {
             return (hit, true);
         }
     }
     let planned = Arc::new(plan_and_patch(&input.into_pod(), ns, snap));
     if let Some((m, k)) = key {
-        snap.inputs.insert(m, &k, planned.clone());
+        snap.inputs.insert(m, k.as_bytes(), planned.clone());
     }
     (planned, false)
 }
@@ -214,6 +257,7 @@ fn namespace_facts<'s>(
 /// Plan and patch one pod (the uncached path of `/mutate`).
 fn plan_and_patch(pod: &Pod, ns: &NamespaceFacts, snap: &Snapshot) -> Planned {
     let unpatched = |outcome| Planned {
+        namespace: ns.name.clone(),
         patch_b64: None,
         outcome,
         delivered: vec![],
@@ -235,6 +279,7 @@ fn plan_and_patch(pod: &Pod, ns: &NamespaceFacts, snap: &Snapshot) -> Planned {
     }
     let raw = sonic_rs::to_vec(&patch).unwrap_or_default();
     Planned {
+        namespace: ns.name.clone(),
         patch_b64: Some(base64_simd::STANDARD.encode_to_string(raw)),
         outcome: ReviewOutcome::Patched,
         delivered,

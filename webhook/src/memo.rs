@@ -1,31 +1,30 @@
-//! The per-snapshot plan memo: replicas of one pod template are planned once, and so is one
-//! plan input (the first pods of rollouts that change nothing kubetune reads).
+//! The per-snapshot plan memos: replicas of one pod template are planned once (and their
+//! reviews not even decoded again), and so is one plan input (the first pods of rollouts that
+//! change nothing kubetune reads).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::review::{Answer, ReviewOutcome};
 
-/// Most pod objects one snapshot remembers; the memo is emptied when it is full.
+/// Most keys one snapshot's memo remembers; the memo is emptied when it is full.
 pub const MEMO_CAPACITY: usize = 1024;
-/// Most bytes (object JSON + encoded patch) one snapshot's memo holds; emptied when exceeded.
+/// Most bytes (keys + encoded patches) one snapshot's memo holds; emptied when exceeded.
 pub const MEMO_MAX_BYTES: usize = 4 * 1024 * 1024;
-/// Pod objects larger than this (JSON bytes) are never memoised.
+/// Keys (review or plan-input JSON) larger than this are never memoised.
 pub const MEMO_MAX_OBJECT_BYTES: usize = 16 * 1024;
+/// Most distinct positions of `request.uid` the review memo tries per review.
+pub const MEMO_UID_OFFSETS: usize = 4;
 
-/// The plan + patch of each pod object seen with one [`Snapshot`](crate::admission::Snapshot).
+/// The plan + patch of each key seen with one [`Snapshot`](crate::admission::Snapshot), in a
+/// scope (the plan-input memo's scope is the pod's namespace).
 ///
-/// Plan and patch are pure functions of the pod object, its namespace and the snapshot, so the
-/// same object in the same namespace gets the same answer. Replicas of one ReplicaSet reach the
-/// webhook as the same JSON (the apiserver generates their names and uids after admission), so
-/// a scale-up, a rollout or a node drain plans once per pod template instead of once per pod.
-/// The key is the object's exact JSON: nothing that could change the answer can differ between
-/// a hit and the request it was computed for. The snapshot keeps a second memo of the same type
+/// The snapshot keeps two: the [`ReviewMemo`] (whole reviews but their uid: replicas) and one
 /// keyed by the canonical JSON of the pod's plan input
 /// ([`PodSubset::plan_input`](crate::podview::PodSubset::plan_input)): exactly what plan and
-/// patch are computed from, so a hit there is equally exact. A new snapshot (any policy,
-/// namespace or cluster-facts change) comes with empty memos, so nothing outlives what it was
-/// computed from. Bounded: [`MEMO_CAPACITY`] objects, [`MEMO_MAX_BYTES`] in all, objects of at most
+/// patch are computed from, so a hit there is exact. A new snapshot (any policy, namespace or
+/// cluster-facts change) comes with empty memos, so nothing outlives what it was computed from.
+/// Bounded: [`MEMO_CAPACITY`] keys, [`MEMO_MAX_BYTES`] in all, keys of at most
 /// [`MEMO_MAX_OBJECT_BYTES`].
 #[derive(Default)]
 pub struct PlanMemo {
@@ -35,22 +34,24 @@ pub struct PlanMemo {
 
 #[derive(Default)]
 struct MemoInner {
-    /// Hash of (namespace, object JSON) -> entries with that hash.
+    /// Hash of (scope, key) -> entries with that hash.
     map: HashMap<u64, Vec<MemoEntry>>,
     entries: usize,
     bytes: usize,
 }
 
 struct MemoEntry {
-    namespace: Box<str>,
-    object: Box<str>,
+    scope: Box<str>,
+    key: Box<[u8]>,
     planned: Arc<Planned>,
 }
 
 /// The part of a `/mutate` answer that depends only on the pod object, its namespace and the
-/// snapshot (not on the request's uid): what the memo remembers.
+/// snapshot (not on the request's uid): what the memos remember.
 #[derive(Debug)]
 pub struct Planned {
+    /// The namespace the pod was planned in.
+    pub namespace: String,
     /// The JSONPatch, serialised and base64-encoded, when the pod is patched.
     pub patch_b64: Option<String>,
     /// Patched, Unchanged or Skipped.
@@ -90,15 +91,15 @@ impl PlanMemo {
     fn lock(&self) -> MutexGuard<'_, MemoInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn hash(&self, namespace: &str, object: &str) -> u64 {
+    fn hash(&self, scope: &str, key: &[u8]) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one((namespace, object))
+        self.hasher.hash_one((scope, key))
     }
-    /// Number of remembered pod objects.
+    /// Number of remembered keys.
     pub fn len(&self) -> usize {
         self.lock().entries
     }
-    /// Bytes held (object JSON + encoded patches).
+    /// Bytes held (keys + encoded patches).
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
@@ -106,41 +107,226 @@ impl PlanMemo {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The answer remembered for `object` in `namespace`.
-    pub fn get(&self, namespace: &str, object: &str) -> Option<Arc<Planned>> {
-        let h = self.hash(namespace, object);
+    /// The answer remembered for `key` in `scope`.
+    pub fn get(&self, scope: &str, key: &[u8]) -> Option<Arc<Planned>> {
+        let h = self.hash(scope, key);
         self.lock()
             .map
             .get(&h)?
             .iter()
-            .find(|e| &*e.namespace == namespace && &*e.object == object)
+            .find(|e| &*e.scope == scope && &*e.key == key)
             .map(|e| e.planned.clone())
     }
-    /// Remember the answer for `object` in `namespace` (within the bounds).
-    pub fn insert(&self, namespace: &str, object: &str, planned: Arc<Planned>) {
-        if object.len() > MEMO_MAX_OBJECT_BYTES {
+    /// Remember the answer for `key` in `scope` (within the bounds).
+    pub fn insert(&self, scope: &str, key: &[u8], planned: Arc<Planned>) {
+        if key.len() > MEMO_MAX_OBJECT_BYTES {
             return;
         }
-        let size =
-            namespace.len() + object.len() + planned.patch_b64.as_ref().map_or(0, String::len);
-        let h = self.hash(namespace, object);
+        let size = scope.len() + key.len() + planned.patch_b64.as_ref().map_or(0, String::len);
+        let h = self.hash(scope, key);
         let mut m = self.lock();
         if m.entries >= MEMO_CAPACITY || m.bytes + size > MEMO_MAX_BYTES {
             *m = MemoInner::default();
         }
         let bucket = m.map.entry(h).or_default();
-        if bucket
-            .iter()
-            .any(|e| &*e.namespace == namespace && &*e.object == object)
-        {
+        if bucket.iter().any(|e| &*e.scope == scope && &*e.key == key) {
             return;
         }
         bucket.push(MemoEntry {
-            namespace: namespace.into(),
-            object: object.into(),
+            scope: scope.into(),
+            key: key.into(),
             planned,
         });
         m.entries += 1;
         m.bytes += size;
+    }
+}
+
+/// Answers by whole AdmissionReview body but its `request.uid`: replicas of one ReplicaSet.
+///
+/// The apiserver sends the reviews of one ReplicaSet's pods as the same bytes but the uid (the
+/// pods have a generateName and no name yet; the requester, options and object are the same), so
+/// a scale-up, a rollout or a drain is answered once per pod template, without decoding the
+/// review again. Exact: an entry is made only for a review whose uid was decoded verbatim (no
+/// escapes) at offset `o`; a later review hits only when its bytes before `o` are the same, the
+/// string from `o` up to the next `"` is plain printable ASCII without `\`, and its bytes from
+/// that quote on are the same as after the remembered uid. Such a review parses exactly as the
+/// remembered one with another uid, so it gets the same answer with its own uid.
+#[derive(Default, Debug)]
+pub struct ReviewMemo {
+    memo: PlanMemo,
+    /// Offsets of `request.uid` in the remembered reviews (a handful: the apiserver writes the
+    /// uid first in `request`, at one offset).
+    uid_offsets: Mutex<Vec<usize>>,
+}
+
+impl Clone for ReviewMemo {
+    /// A copied snapshot starts with an empty memo.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl ReviewMemo {
+    /// The answer to `body` and its uid, when a review equal but for its uid was answered.
+    pub fn get<'b>(&self, body: &'b [u8]) -> Option<(Arc<Planned>, &'b str)> {
+        let offsets = self
+            .uid_offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        offsets.into_iter().find_map(|o| {
+            let (key, uid) = excise_uid(body, o)?;
+            Some((self.memo.get("", &key)?, uid))
+        })
+    }
+    /// Remember the answer to `body`, whose `request.uid` was decoded as `uid` (borrowed from
+    /// `body`, so it had no escapes); anything else is not remembered.
+    pub fn insert(&self, body: &[u8], uid: &str, planned: Arc<Planned>) {
+        let Some(o) = (uid.as_ptr() as usize).checked_sub(body.as_ptr() as usize) else {
+            return;
+        };
+        let Some((key, found)) = excise_uid(body, o) else {
+            return;
+        };
+        if found.as_ptr() != uid.as_ptr() || found.len() != uid.len() {
+            return;
+        }
+        {
+            let mut offsets = self.uid_offsets.lock().unwrap_or_else(|e| e.into_inner());
+            if !offsets.contains(&o) {
+                if offsets.len() >= MEMO_UID_OFFSETS {
+                    return;
+                }
+                offsets.push(o);
+            }
+        }
+        self.memo.insert("", &key, planned);
+    }
+    /// Number of remembered reviews.
+    pub fn len(&self) -> usize {
+        self.memo.len()
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.memo.bytes()
+    }
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.memo.is_empty()
+    }
+}
+
+/// `body` without the string that starts at `o` (up to the next `"`), the offset in front, and
+/// that string — when it is plain printable ASCII without `\` (so JSON reads it verbatim).
+fn excise_uid(body: &[u8], o: usize) -> Option<(Vec<u8>, &str)> {
+    let rest = body.get(o..)?;
+    let end = o + memchr::memchr(b'"', rest)?;
+    let uid = &body[o..end];
+    if !uid.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'\\') {
+        return None;
+    }
+    let mut key = Vec::with_capacity(8 + body.len() - uid.len());
+    key.extend_from_slice(&(o as u64).to_le_bytes());
+    key.extend_from_slice(&body[..o]);
+    key.extend_from_slice(&body[end..]);
+    Some((key, std::str::from_utf8(uid).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A review as the apiserver writes it: `request.uid` first.
+    fn review(uid: &str, object: &str) -> String {
+        format!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"{uid}","kind":{{"group":"","version":"v1","kind":"Pod"}},"namespace":"shop","operation":"CREATE","object":{object}}}}}"#
+        )
+    }
+
+    fn planned(tag: &str) -> Arc<Planned> {
+        Arc::new(Planned {
+            namespace: "shop".into(),
+            patch_b64: Some(tag.into()),
+            outcome: ReviewOutcome::Patched,
+            delivered: vec![],
+        })
+    }
+
+    /// Remember `body` the way `/mutate` does: with the uid as decoded (borrowed from it).
+    fn remember(m: &ReviewMemo, body: &str, tag: &str) {
+        let r: serde_json::Value = serde_json::from_str(body).unwrap();
+        let uid = r["request"]["uid"].as_str().unwrap();
+        let at = body.find(&format!(r#""uid":"{uid}""#)).unwrap() + 7;
+        m.insert(body.as_bytes(), &body[at..at + uid.len()], planned(tag));
+    }
+
+    fn hit(m: &ReviewMemo, body: &str) -> Option<(String, String)> {
+        let (p, uid) = m.get(body.as_bytes())?;
+        Some((p.patch_b64.clone().unwrap(), uid.to_string()))
+    }
+
+    #[test]
+    fn a_review_equal_but_its_uid_is_answered_with_its_own_uid() {
+        let m = ReviewMemo::default();
+        let obj = r#"{"metadata":{"generateName":"web-","ownerReferences":[{"uid":"rs-1"}]}}"#;
+        remember(&m, &review("0f2c-11", obj), "P");
+        assert_eq!(m.len(), 1);
+        for uid in ["0f2c-12", "", "a-much-longer-uid-than-before-0000", "x y'z"] {
+            assert_eq!(
+                hit(&m, &review(uid, obj)),
+                Some(("P".into(), uid.into())),
+                "{uid}"
+            );
+        }
+        assert!(m.clone().is_empty(), "a copied snapshot starts empty");
+    }
+
+    #[test]
+    fn anything_else_that_differs_misses() {
+        let m = ReviewMemo::default();
+        let obj = r#"{"metadata":{"generateName":"web-"}}"#;
+        let body = review("u1", obj);
+        remember(&m, &body, "P");
+        let misses = [
+            // A uid JSON would read differently from its bytes.
+            review(r#"u\"2"#, obj),
+            review(r"u\u0032", obj),
+            review("u\u{1}2", obj),
+            review("u\\", obj),
+            review("ü2", obj),
+            // Another object, namespace or operation; the uid at another offset.
+            review("u2", r#"{"metadata":{"generateName":"api-"}}"#),
+            review("u2", obj).replace("shop", "shoq"),
+            review("u2", obj).replace("CREATE", "UPDATE"),
+            review("u2", obj).replace(r#"{"kind""#, r#"{ "kind""#),
+            // Truncated after the uid.
+            review("u2", obj)[..70].to_string(),
+        ];
+        for b in &misses {
+            assert_eq!(hit(&m, b), None, "{b}");
+        }
+        assert_eq!(hit(&m, &body), Some(("P".into(), "u1".into())));
+    }
+
+    #[test]
+    fn only_a_uid_decoded_verbatim_from_the_body_is_remembered() {
+        let m = ReviewMemo::default();
+        let body = review("u1", "{}");
+        // Not borrowed from the body (as when the uid had escapes).
+        m.insert(body.as_bytes(), "u1", planned("P"));
+        // Borrowed, but not the whole string up to the quote.
+        let at = body.find("u1").unwrap();
+        m.insert(body.as_bytes(), &body[at..at + 1], planned("P"));
+        assert!(m.is_empty());
+        // A handful of uid offsets, no more.
+        for pad in 0..MEMO_UID_OFFSETS + 2 {
+            remember(
+                &m,
+                &review("u1", "{}").replacen('{', &format!("{{{}", " ".repeat(pad)), 1),
+                "P",
+            );
+        }
+        assert_eq!(m.len(), MEMO_UID_OFFSETS);
     }
 }

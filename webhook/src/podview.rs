@@ -148,12 +148,15 @@ impl PodSubset {
     /// pods with the same plan input get the same plan and patch against the same snapshot, e.g.
     /// the first pods of two rollouts of one Deployment whose template changed only in fields
     /// kubetune does not read (images, env, `pod-template-hash`, `restartedAt`).
-    pub fn plan_input(mut self, label_keys: &BTreeSet<&str>) -> PodSubset {
+    pub fn plan_input<K: std::borrow::Borrow<str> + Ord>(
+        mut self,
+        label_keys: &BTreeSet<K>,
+    ) -> PodSubset {
         if let Some(m) = self.metadata.as_mut() {
             m.name = None;
             m.generate_name = None;
             if let Some(l) = m.labels.as_mut() {
-                l.retain(|k, _| label_keys.contains(k.as_str()));
+                l.retain(|k, _| label_keys.contains::<str>(k.as_str()));
             }
             if let Some(a) = m.annotations.as_mut() {
                 a.retain(|k, _| PLAN_ANNOTATIONS.contains(&k.as_str()));

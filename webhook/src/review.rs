@@ -1,6 +1,7 @@
 //! The AdmissionReview v1 codec of both endpoints: [`decode`] reads the parts of a request
-//! `/mutate` and `/validate` look at in one pass (the object stays raw JSON), and an [`Answer`]
-//! is the response, serialised straight to the bytes the apiserver expects.
+//! `/mutate` and `/validate` look at in one pass (the object decoded as the caller's type in the
+//! same pass, or kept raw JSON), and an [`Answer`] is the response, serialised straight to the
+//! bytes the apiserver expects.
 //!
 //! Decoding is lenient about what neither endpoint reads (`resource`, `userInfo`, `oldObject`,
 //! ...): a review is malformed when it is valid JSON without `request.uid`, `request.kind` or
@@ -55,16 +56,17 @@ impl ReviewOutcome {
 }
 
 #[derive(Deserialize)]
-struct WireReview<'a> {
+struct WireReview<'a, O> {
     #[serde(rename = "apiVersion", borrow)]
     api_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    request: Option<Request<'a>>,
+    request: Option<Request<'a, O>>,
 }
 
-/// The parts of `request` the handlers read, borrowed from the body where JSON allows.
+/// The parts of `request` the handlers read, borrowed from the body where JSON allows; `O` is
+/// what `request.object` is decoded as (raw JSON unless the caller asks for more).
 #[derive(Deserialize, Debug)]
-pub struct Request<'a> {
+pub struct Request<'a, O = &'a RawValue> {
     /// `request.uid`, echoed in the answer.
     #[serde(borrow)]
     pub uid: Cow<'a, str>,
@@ -77,12 +79,30 @@ pub struct Request<'a> {
     /// `request.operation`: `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
     #[serde(borrow)]
     pub operation: Cow<'a, str>,
-    /// `request.object`, undecoded.
-    #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
+    /// `request.object`, decoded as `O` in the same pass.
+    #[serde(default = "none")]
+    pub object: Option<O>,
     /// `request.dryRun`.
     #[serde(rename = "dryRun", default)]
     pub dry_run: Option<bool>,
+}
+
+fn none<O>() -> Option<O> {
+    None
+}
+
+impl<'a, O> Request<'a, O> {
+    /// The same request with its object turned into `P`.
+    pub fn map_object<P>(self, f: impl FnOnce(O) -> P) -> Request<'a, P> {
+        Request {
+            uid: self.uid,
+            kind: self.kind,
+            namespace: self.namespace,
+            operation: self.operation,
+            object: self.object.map(f),
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 /// `request.kind` (group and kind; the version is not read).
@@ -105,10 +125,13 @@ fn request_uid(review: &Value) -> String {
         .to_string()
 }
 
-/// Decode an AdmissionReview v1 request: `Ok(Ok(request))`, or `Ok(Err(answer))` with the
-/// answer to a malformed review (allowed, with a warning), or [`NotJson`].
-pub fn decode(body: &[u8]) -> Result<Result<Request<'_>, Answer>, NotJson> {
-    let review: WireReview<'_> = match serde_json::from_slice(body) {
+/// Decode an AdmissionReview v1 request with its object as `O`: `Ok(Ok(request))`, or
+/// `Ok(Err(answer))` with the answer to a malformed review (allowed, with a warning; an object
+/// that is not an `O` makes the review malformed), or [`NotJson`].
+pub fn decode<'a, O: Deserialize<'a>>(
+    body: &'a [u8],
+) -> Result<Result<Request<'a, O>, Answer>, NotJson> {
+    let review: WireReview<'a, O> = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             // Valid JSON of the wrong shape is answered in AdmissionReview form; non-JSON is a 400.
@@ -257,7 +280,7 @@ mod tests {
     #[test]
     fn decode_borrows_and_reports_malformed_reviews() {
         let body = br#"{"apiVersion":"admission.k8s.io/v1","request":{"uid":"a","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"shop","operation":"CREATE","object":{"x":1}}}"#;
-        let r = decode(body).unwrap().unwrap();
+        let r = decode::<&RawValue>(body).unwrap().unwrap();
         assert!(matches!(r.uid, Cow::Borrowed("a")));
         assert_eq!((&*r.kind.kind, &*r.operation), ("Pod", "CREATE"));
         assert_eq!(r.object.map(RawValue::get), Some(r#"{"x":1}"#));
@@ -274,7 +297,7 @@ mod tests {
                 "expected an admission.k8s.io/v1",
             ),
         ] {
-            let a = decode(body).unwrap().unwrap_err();
+            let a = decode::<&RawValue>(body).unwrap().unwrap_err();
             let v = a.json();
             assert_eq!(
                 (a.outcome, &v["response"]["uid"], &v["response"]["allowed"]),
@@ -285,6 +308,6 @@ mod tests {
                 "{v}"
             );
         }
-        assert!(decode(b"{").is_err());
+        assert!(decode::<&RawValue>(b"{").is_err());
     }
 }

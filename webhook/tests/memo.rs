@@ -47,6 +47,42 @@ fn without_uid(a: &Answer) -> Value {
     v
 }
 
+/// A replica's review as the apiserver writes it (`request.uid` first, the requester and options
+/// in), with `uid` put in verbatim.
+fn apiserver_review(object: &Value, uid: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"{}","#,
+            r#""kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"#,
+            r#""requestKind":{{"group":"","version":"v1","kind":"Pod"}},"namespace":"{}","operation":"CREATE","#,
+            r#""userInfo":{{"username":"system:serviceaccount:kube-system:replicaset-controller","uid":"5e1f","groups":["system:serviceaccounts"]}},"#,
+            r#""object":{},"oldObject":null,"dryRun":false,"options":{{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}}}}"#
+        ),
+        uid,
+        object["metadata"]["namespace"].as_str().unwrap(),
+        object
+    )
+}
+
+#[test]
+fn an_apiserver_review_of_a_replica_is_remembered_whole() {
+    let snap = snapshot(policies());
+    let cfg = Config::new("kubetune-system", &[]);
+    let obj = replica(json!({}));
+    let first = mutate(apiserver_review(&obj, "7c1e-01").as_bytes(), &snap, &cfg).unwrap();
+    assert!(!first.memo_hit && first.patch().is_some());
+    let next = apiserver_review(&obj, "7c1e-02");
+    let (hit, uid) = snap
+        .memo
+        .get(next.as_bytes())
+        .expect("the review memo answers the next replica");
+    assert_eq!((uid, hit.namespace.as_str()), ("7c1e-02", "shop"));
+    let second = mutate(next.as_bytes(), &snap, &cfg).unwrap();
+    assert!(second.memo_hit);
+    assert_eq!(second.json()["response"]["uid"], json!("7c1e-02"));
+    assert_eq!(without_uid(&first), without_uid(&second));
+}
+
 #[test]
 fn replicas_are_answered_from_the_memo_as_if_planned_afresh() {
     let snap = snapshot(policies());
@@ -316,5 +352,32 @@ proptest! {
         let opted_out = labels.iter().any(|(k, _)| *k == "kubetune.dev/skip");
         prop_assert_eq!(d.memo_hit, !opted_out);
         prop_assert_eq!(without_uid(&d), without_uid(&e));
+    }
+
+    /// A review that differs from a remembered one in its uid (any string, put in verbatim) and
+    /// maybe in one more byte anywhere gets exactly the answer a fresh snapshot gives it —
+    /// whether the review memo answers it or not.
+    #[test]
+    fn the_review_memo_answers_exactly(
+        uid in prop_oneof![prop::sample::select(vec!["9a-02", "", "x\\\"y", "a\\u0062", "\u{1}", "é", "\"", "a\",\"b", "a\\"]).prop_map(str::to_string), ".{0,12}"],
+        flip in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+    ) {
+        let snap = snapshot(policies());
+        let cfg = Config::new("kubetune-system", &[]);
+        let obj = replica(json!({}));
+        mutate(apiserver_review(&obj, "9a-01").as_bytes(), &snap, &cfg).unwrap();
+        prop_assert_eq!(snap.memo.len(), 1);
+        let mut body = apiserver_review(&obj, &uid).into_bytes();
+        if let Some((at, byte)) = flip {
+            let i = at.index(body.len());
+            body[i] = byte;
+        }
+        let memoised = mutate(&body, &snap, &cfg).map(|a| a.body);
+        let fresh = mutate(&body, &snap.clone(), &cfg).map(|a| a.body);
+        match (memoised, fresh) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            (a, b) => prop_assert!(false, "memoised {a:?} vs fresh {b:?}"),
+        }
     }
 }
