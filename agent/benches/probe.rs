@@ -1,7 +1,7 @@
 //! kubetune-agent benchmarks (not timed tests; run as root): `cargo bench -p kubetune-agent --bench probe`
 //!
 //! 1. Probe overhead: loopback connect/accept/close inside a scratch netns, probe detached vs
-//!    attached (all hooks, and each hook alone) in `KT_BENCH_ROUNDS` (default 20) rounds: the
+//!    attached (all hooks, and each hook alone) in `KT_BENCH_ROUNDS` (default 40) rounds: the
 //!    workload's CPU per connection (ratio with a 95 % interval) and the probes' own
 //!    kernel-accounted run time (BPF_ENABLE_STATS) per connection and per program (target:
 //!    overhead <= 1 %).
@@ -9,8 +9,8 @@
 //!    5 s with a full resync every 60 s; prints RSS (VmRSS / VmHWM) and CPU (% of one core) over
 //!    60 s after start-up, which includes one full resync (targets <= 32 MiB, <= 1 %).
 //!
-//! Each part is bounded (overhead ~80 s, footprint ~4 min for 3 runs). Set
-//! `KT_BENCH_ONLY=overhead|footprint` to run one part.
+//! Each part is bounded (overhead ~90 s + ~20 s for the syscall-tracing path, footprint ~4 min
+//! for 3 runs). Set `KT_BENCH_ONLY=overhead|syscalls|footprint` to run one part.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -30,16 +30,21 @@ fn main() {
     if only.is_empty() || only == "overhead" {
         overhead();
     }
+    if only.is_empty() || only == "overhead" || only == "syscalls" {
+        syscall_overhead();
+    }
     if only.is_empty() || only == "footprint" {
         footprint();
     }
 }
 
-/// A connect/accept/close loop running inside `ns` (1 client + 1 server thread) until dropped.
+/// A connect/accept/close loop running inside `ns` until dropped: one thread, pinned to one CPU,
+/// connects to its own listener, accepts, and closes both ends (the client with RST). On
+/// loopback the handshake and the close run in softirq in that thread's own context, so its CPU
+/// time is all the work the connection costs, and no other thread's scheduling comes into it.
 struct Workload {
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
-    addr: SocketAddr,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -54,44 +59,41 @@ impl Workload {
                 (l, a)
             })
             .unwrap();
-        let s2 = stop.clone();
-        let server = std::thread::spawn(move || {
-            while !s2.load(Ordering::Relaxed) {
-                if let Ok((c, _)) = listener.accept() {
-                    drop(c);
-                }
-            }
-        });
         let (s3, c3) = (stop.clone(), count.clone());
         let path = ns.path().to_path_buf();
         let client = std::thread::spawn(move || {
             let fd = netns::open_netns(&path, None).unwrap();
             netns::setns_current_thread(&fd, &path).unwrap();
+            pin_to_last_cpu();
             while !s3.load(Ordering::Relaxed) {
-                if let Ok(s) = TcpStream::connect::<SocketAddr>(addr) {
-                    let l = libc::linger {
-                        l_onoff: 1,
-                        l_linger: 0,
-                    };
-                    // SAFETY: valid fd and option buffer; RST on close avoids TIME_WAIT buildup.
-                    unsafe {
-                        libc::setsockopt(
-                            s.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            (&l as *const libc::linger).cast(),
-                            std::mem::size_of::<libc::linger>() as u32,
-                        );
-                    }
-                    c3.fetch_add(1, Ordering::Relaxed);
+                let Ok(s) = TcpStream::connect::<SocketAddr>(addr) else {
+                    continue;
+                };
+                let l = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: valid fd and option buffer; RST on close avoids TIME_WAIT buildup.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&l as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as u32,
+                    );
                 }
+                // The handshake completed inside connect(): the child is queued, accept does not block.
+                let child = listener.accept();
+                drop(s);
+                drop(child);
+                c3.fetch_add(1, Ordering::Relaxed);
             }
         });
         Workload {
             stop,
             count,
-            addr,
-            threads: vec![server, client],
+            threads: vec![client],
         }
     }
 
@@ -126,14 +128,22 @@ impl Workload {
         )
     }
 
-    fn stop(self, ns: &NamedNetns) {
+    fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        let addr = self.addr;
-        // Wake the blocking accept.
-        let _ = ns.run(move || TcpStream::connect(addr).map(drop));
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Run the calling thread on the machine's last CPU only (best effort).
+fn pin_to_last_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
+    unsafe {
+        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(n - 1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -204,9 +214,9 @@ fn overhead() {
     let rounds = std::env::var("KT_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20usize);
-    let settle = Duration::from_millis(200);
-    let phase = Duration::from_millis(500);
+        .unwrap_or(40usize);
+    let settle = Duration::from_millis(100);
+    let phase = Duration::from_millis(300);
     // Kernel accounting of every BPF program's run time while this fd is open.
     let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
     std::thread::sleep(Duration::from_secs(1));
@@ -275,8 +285,9 @@ fn overhead() {
             st.cpu += cpu;
         }
     }
-    w.stop(&ns);
-    println!("probe overhead (loopback connect+accept+close in a netns, 1 client + 1 server thread; {rounds} rounds of 0.5 s phases: detached + one per variant, order reversed every other round; BPF run-time statistics on):");
+    w.stop();
+    drop(ns);
+    println!("probe overhead (loopback connect+accept+close in a netns, one thread pinned to one CPU; {rounds} rounds of 0.3 s phases: detached + one per variant, order reversed every other round; BPF run-time statistics on):");
     println!(
         "  detached: workload CPU per connection {:.2} us (all rounds)",
         cpu_d / conns_d.max(1) as f64 * 1e6
@@ -320,6 +331,92 @@ fn overhead() {
         println!("  (BPF_ENABLE_STATS refused: run times are zero)");
     }
     println!("  probe stats in the last all-hooks phase: {last_stats:?}");
+}
+
+/// System calls the connection workload makes per connection: socket + connect, setsockopt
+/// (SO_LINGER), accept4, and two closes.
+const SYSCALLS_PER_CONNECTION: f64 = 6.0;
+
+/// What an attached syscall tracepoint costs every other system call on the node: while any
+/// `syscalls:*` tracepoint is attached, every thread's system calls take the kernel's
+/// syscall-tracing path (the per-syscall filter runs there, so `getppid` pays although only
+/// `listen` is traced). One pinned thread calls `getppid` in alternating 0.2 s phases, detached
+/// and with the agent's `listen()` tracepoints attached; the difference in CPU per call, times
+/// the connection workload's system calls per connection, is the share of a connection those
+/// tracepoints cost — resolved far more finely than the connection loop itself can show it.
+fn syscall_overhead() {
+    let rounds = std::env::var("KT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40usize);
+    let phase = Duration::from_millis(200);
+    let probe = Probe::load_selected(&|h: &str| h.starts_with("tracepoint/syscalls/"))
+        .expect("probe must load for the overhead benchmark");
+    drop(probe);
+    let mut diffs = Vec::new();
+    let mut ratios = Vec::new();
+    let mut detached_ns = Vec::new();
+    for round in 0..rounds {
+        let mut per_call = [0f64; 2];
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for attached in order {
+            let probe = attached.then(|| {
+                Probe::load_selected(&|h: &str| h.starts_with("tracepoint/syscalls/"))
+                    .expect("probe loads")
+            });
+            per_call[attached as usize] = getppid_ns(phase);
+            drop(probe);
+        }
+        diffs.push(per_call[1] - per_call[0]);
+        ratios.push(per_call[1] / per_call[0]);
+        detached_ns.push(per_call[0]);
+    }
+    let (dm, dci) = mean_ci95(&diffs);
+    let (rm, rci) = mean_ci95(&ratios);
+    println!("syscall-tracing path (getppid in one pinned thread, {rounds} rounds of 0.2 s phases, detached vs listen() tracepoints attached, order alternating):");
+    println!(
+        "  detached {:.1} ns per getppid (median); attached - detached {dm:.1} +/- {dci:.1} ns per system call (95 % CI), ratio {rm:.3} +/- {rci:.3}",
+        median(&mut detached_ns)
+    );
+    println!(
+        "  -> for the connection workload ({SYSCALLS_PER_CONNECTION} system calls per connection): {:.2} +/- {:.2} us per connection",
+        dm * SYSCALLS_PER_CONNECTION / 1e3,
+        dci * SYSCALLS_PER_CONNECTION / 1e3
+    );
+}
+
+/// CPU nanoseconds per `getppid` call, calling it in a thread pinned to the last CPU for `d`.
+fn getppid_ns(d: Duration) -> f64 {
+    std::thread::spawn(move || {
+        pin_to_last_cpu();
+        let (t0, c0) = (Instant::now(), thread_cpu());
+        let mut n = 0u64;
+        while t0.elapsed() < d {
+            for _ in 0..1000 {
+                // SAFETY: no arguments, no memory touched.
+                unsafe { libc::getppid() };
+            }
+            n += 1000;
+        }
+        (thread_cpu() - c0) * 1e9 / n as f64
+    })
+    .join()
+    .unwrap()
+}
+
+/// CPU time of the calling thread, seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn proc_status(pid: u32, key: &str) -> u64 {

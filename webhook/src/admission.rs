@@ -128,18 +128,20 @@ impl Config {
 /// [`PodSubset`]; only when that fails is it decoded again with the object raw, to say exactly
 /// what is wrong.
 pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Answer, NotJson> {
-    if let Some((hit, uid)) = snap.memo.get(body) {
+    let miss = match snap.memo.get(body) {
         // Remembered only for a namespace the configuration did not exclude; checked again
         // because one snapshot may serve handlers with different configurations (tests).
-        if !cfg.excluded_namespaces.contains(&hit.namespace) {
+        Ok((hit, uid)) if !cfg.excluded_namespaces.contains(&hit.namespace) => {
             return Ok(hit.answer(uid, None, true));
         }
-    }
+        Ok(_) => Default::default(),
+        Err(miss) => miss,
+    };
     if let Ok(Ok(req)) = review::decode::<PodSubset>(body) {
         let uid = req.uid.clone();
         let (answer, memoisable) = mutate_request(req.map_object(Ok), snap, cfg);
         if let Some(planned) = memoisable {
-            snap.memo.insert(body, &uid, planned);
+            snap.memo.insert(body, &uid, planned, miss);
         }
         return Ok(answer);
     }

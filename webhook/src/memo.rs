@@ -168,29 +168,43 @@ impl Clone for ReviewMemo {
 }
 
 impl ReviewMemo {
-    /// The answer to `body` and its uid, when a review equal but for its uid was answered.
-    pub fn get<'b>(&self, body: &'b [u8]) -> Option<(Arc<Planned>, &'b str)> {
+    /// The answer to `body` and its uid, when a review equal but for its uid was answered; else
+    /// the keys looked up, for [`ReviewMemo::insert`].
+    pub fn get<'b>(&self, body: &'b [u8]) -> Result<(Arc<Planned>, &'b str), Miss> {
         let offsets = self
             .uid_offsets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        offsets.into_iter().find_map(|o| {
-            let (key, uid) = excise_uid(body, o)?;
-            Some((self.memo.get("", &key)?, uid))
-        })
+        let mut miss = Miss(Vec::with_capacity(offsets.len()));
+        for o in offsets {
+            let Some((key, uid)) = excise_uid(body, o) else {
+                continue;
+            };
+            if let Some(hit) = self.memo.get("", &key) {
+                return Ok((hit, uid));
+            }
+            miss.0.push((o, key));
+        }
+        Err(miss)
     }
     /// Remember the answer to `body`, whose `request.uid` was decoded as `uid` (borrowed from
-    /// `body`, so it had no escapes); anything else is not remembered.
-    pub fn insert(&self, body: &[u8], uid: &str, planned: Arc<Planned>) {
+    /// `body`, so it had no escapes); anything else is not remembered. `miss`: what
+    /// [`ReviewMemo::get`] looked up for this body.
+    pub fn insert(&self, body: &[u8], uid: &str, planned: Arc<Planned>, miss: Miss) {
         let Some(o) = (uid.as_ptr() as usize).checked_sub(body.as_ptr() as usize) else {
             return;
         };
-        let Some((key, found)) = excise_uid(body, o) else {
-            return;
+        let looked_up = miss.0.into_iter().find(|(at, _)| *at == o);
+        let key = match looked_up {
+            Some((_, key)) if body.get(o..o + uid.len()).is_some() => key,
+            _ => match excise_uid(body, o) {
+                Some((key, found)) if found.as_ptr() == uid.as_ptr() => key,
+                _ => return,
+            },
         };
-        if found.as_ptr() != uid.as_ptr() || found.len() != uid.len() {
-            return;
+        if key.len() + uid.len() != 8 + body.len() {
+            return; // the string at `o` is not the whole uid
         }
         {
             let mut offsets = self.uid_offsets.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,6 +230,10 @@ impl ReviewMemo {
         self.memo.is_empty()
     }
 }
+
+/// The keys a [`ReviewMemo::get`] looked up and did not find (offset, key).
+#[derive(Debug, Default)]
+pub struct Miss(Vec<(usize, Vec<u8>)>);
 
 /// `body` without the string that starts at `o` (up to the next `"`), the offset in front, and
 /// that string — when it is plain printable ASCII without `\` (so JSON reads it verbatim).
@@ -258,11 +276,16 @@ mod tests {
         let r: serde_json::Value = serde_json::from_str(body).unwrap();
         let uid = r["request"]["uid"].as_str().unwrap();
         let at = body.find(&format!(r#""uid":"{uid}""#)).unwrap() + 7;
-        m.insert(body.as_bytes(), &body[at..at + uid.len()], planned(tag));
+        m.insert(
+            body.as_bytes(),
+            &body[at..at + uid.len()],
+            planned(tag),
+            Miss::default(),
+        );
     }
 
     fn hit(m: &ReviewMemo, body: &str) -> Option<(String, String)> {
-        let (p, uid) = m.get(body.as_bytes())?;
+        let (p, uid) = m.get(body.as_bytes()).ok()?;
         Some((p.patch_b64.clone().unwrap(), uid.to_string()))
     }
 
@@ -314,10 +337,18 @@ mod tests {
         let m = ReviewMemo::default();
         let body = review("u1", "{}");
         // Not borrowed from the body (as when the uid had escapes).
-        m.insert(body.as_bytes(), "u1", planned("P"));
+        m.insert(body.as_bytes(), "u1", planned("P"), Miss::default());
         // Borrowed, but not the whole string up to the quote.
         let at = body.find("u1").unwrap();
-        m.insert(body.as_bytes(), &body[at..at + 1], planned("P"));
+        m.insert(
+            body.as_bytes(),
+            &body[at..at + 1],
+            planned("P"),
+            Miss::default(),
+        );
+        // The same, with the keys a lookup made.
+        let miss = m.get(body.as_bytes()).unwrap_err();
+        m.insert(body.as_bytes(), &body[at..at + 1], planned("P"), miss);
         assert!(m.is_empty());
         // A handful of uid offsets, no more.
         for pad in 0..MEMO_UID_OFFSETS + 2 {

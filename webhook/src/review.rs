@@ -131,7 +131,12 @@ fn request_uid(review: &Value) -> String {
 pub fn decode<'a, O: Deserialize<'a>>(
     body: &'a [u8],
 ) -> Result<Result<Request<'a, O>, Answer>, NotJson> {
-    let review: WireReview<'a, O> = match serde_json::from_slice(body) {
+    // UTF-8 checked once for the whole body (a word at a time), not string by string.
+    let parsed = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    };
+    let review: WireReview<'a, O> = match parsed {
         Ok(r) => r,
         Err(e) => {
             // Valid JSON of the wrong shape is answered in AdmissionReview form; non-JSON is a 400.
