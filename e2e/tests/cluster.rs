@@ -1370,11 +1370,8 @@ time.sleep(3600)
 /// `kubectl rollout restart` twice: the first pod of each rollout (new `pod-template-hash` and
 /// `restartedAt`, nothing kubetune reads) gets the sysctl and the same decision record as the
 /// first rollout's pods — the answer a webhook replica may give from its plan-input memo.
-#[test]
-fn every_rollout_of_a_deployment_gets_the_same_decision() {
-    let Some((_g, ns)) = setup("rollouts", &[]) else {
-        return;
-    };
+/// A policy setting `tcp_keepalive_time=600` on `app=web` and a one-replica Deployment `web`.
+fn keepalive_web_deployment(ns: &TestNs) {
     ns.apply(policy(
         "keepalive",
         "web",
@@ -1387,6 +1384,14 @@ fn every_rollout_of_a_deployment_gets_the_same_decision() {
             "template": {"metadata": {"labels": {"app": "web"}},
                 "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}}});
     ns.apply(deployment).unwrap();
+}
+
+#[test]
+fn every_rollout_of_a_deployment_gets_the_same_decision() {
+    let Some((_g, ns)) = setup("rollouts", &[]) else {
+        return;
+    };
+    keepalive_web_deployment(&ns);
     let rollout = |args: &[&str]| {
         let mut a = vec!["-n", ns.name.as_str(), "rollout"];
         a.extend_from_slice(args);
@@ -1432,6 +1437,45 @@ fn every_rollout_of_a_deployment_gets_the_same_decision() {
         );
         assert_eq!(decision(&pod).policies.len(), 1);
         seen.push(hash);
+    }
+}
+
+/// Replicas of one ReplicaSet reach the webhook as the same review but the uid: after the first,
+/// the webhook answers them from its review memo. Every replica of a scale-up must get the sysctl
+/// and the byte-identical decision record the first one got.
+#[test]
+fn every_replica_of_a_scaled_deployment_gets_the_same_decision() {
+    let Some((_g, ns)) = setup("replicas", &[]) else {
+        return;
+    };
+    keepalive_web_deployment(&ns);
+    let kc = |args: &[&str]| {
+        let mut a = vec!["-n", ns.name.as_str()];
+        a.extend_from_slice(args);
+        kubectl(&a, None).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+    };
+    kc(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    kc(&["scale", "deployment/web", "--replicas=4"]);
+    kc(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    let list = get_json(&["-n", &ns.name, "get", "pods", "-l", "app=web", "-o", "json"]);
+    let pods: Vec<&Value> = list["items"]
+        .as_array()
+        .expect("pod list")
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    assert_eq!(pods.len(), 4, "{list}");
+    let record = &pods[0]["metadata"]["annotations"][DECISION_ANNOTATION];
+    assert!(record.is_string(), "{}", pods[0]);
+    for pod in &pods {
+        assert!(
+            sysctls(pod).contains(&("net.ipv4.tcp_keepalive_time".into(), "600".into())),
+            "{pod}"
+        );
+        assert_eq!(
+            &pod["metadata"]["annotations"][DECISION_ANNOTATION], record,
+            "{pod}"
+        );
     }
 }
 
