@@ -189,12 +189,15 @@ fn mutate_request(
     // are not memoised (the warning belongs to this moment, not to the snapshot).
     let (ns, warning) = namespace_facts(snap, &namespace);
     let memo_ns = warning.is_none().then_some(namespace.as_str());
+    // The pod's name only for the debug log (the plan input drops it).
+    let name = tracing::enabled!(tracing::Level::DEBUG).then(|| subset.display_name().to_owned());
     let keys = snap.selector_keys.of(&snap.policies, &namespace);
     let input = subset.plan_input(&keys);
     let (planned, hit) = plan_input_answer(input, &ns, snap, memo_ns);
     tracing::debug!(
         uid,
         namespace,
+        pod = name.as_deref().unwrap_or_default(),
         outcome = planned.outcome.as_str(),
         plan_input_memo_hit = hit,
         dry_run = req.dry_run.unwrap_or(false),
