@@ -124,9 +124,12 @@ impl PlanMemo {
         }
         let size = scope.len() + key.len() + planned.patch_b64.as_ref().map_or(0, String::len);
         let h = self.hash(scope, key);
+        // A full memo is emptied; its entries are freed after the lock is released (declared
+        // before the guard, so dropped after it), not while other reviews wait for it.
+        let mut stale = MemoInner::default();
         let mut m = self.lock();
         if m.entries >= MEMO_CAPACITY || m.bytes + size > MEMO_MAX_BYTES {
-            *m = MemoInner::default();
+            std::mem::swap(&mut *m, &mut stale);
         }
         let bucket = m.map.entry(h).or_default();
         if bucket.iter().any(|e| &*e.scope == scope && &*e.key == key) {
