@@ -136,6 +136,14 @@ impl Workload {
     }
 }
 
+/// `KT_BENCH_ROUNDS` (default 40): rounds of each overhead measurement.
+fn rounds() -> usize {
+    std::env::var("KT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40)
+}
+
 /// Run the calling thread on the machine's last CPU only (best effort).
 fn pin_to_last_cpu() {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read and write it.
@@ -211,10 +219,7 @@ struct VariantStats {
 fn overhead() {
     let ns = NamedNetns::create(&NamedNetns::unique_name("bench")).expect("netns");
     let w = Workload::start(&ns);
-    let rounds = std::env::var("KT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40usize);
+    let rounds = rounds();
     let settle = Duration::from_millis(100);
     let phase = Duration::from_millis(300);
     // Kernel accounting of every BPF program's run time while this fd is open.
@@ -345,14 +350,8 @@ const SYSCALLS_PER_CONNECTION: f64 = 6.0;
 /// the connection workload's system calls per connection, is the share of a connection those
 /// tracepoints cost — resolved far more finely than the connection loop itself can show it.
 fn syscall_overhead() {
-    let rounds = std::env::var("KT_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40usize);
+    let rounds = rounds();
     let phase = Duration::from_millis(200);
-    let probe = Probe::load_selected(&|h: &str| h.starts_with("tracepoint/syscalls/"))
-        .expect("probe must load for the overhead benchmark");
-    drop(probe);
     let mut diffs = Vec::new();
     let mut ratios = Vec::new();
     let mut detached_ns = Vec::new();
@@ -366,7 +365,7 @@ fn syscall_overhead() {
         for attached in order {
             let probe = attached.then(|| {
                 Probe::load_selected(&|h: &str| h.starts_with("tracepoint/syscalls/"))
-                    .expect("probe loads")
+                    .expect("probe must load for the overhead benchmark")
             });
             per_call[attached as usize] = getppid_ns(phase);
             drop(probe);

@@ -128,6 +128,23 @@ pub fn review_of(kind: &str, namespace: &Value, object: &Value, uid: &str) -> Va
         "object": object, "dryRun": false, "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}}})
 }
 
+/// A pod CREATE of a ReplicaSet's pod in the bytes the apiserver writes (serde_json sorts the keys
+/// of [`review_of`]): `request.uid` first, `uid` put in verbatim, the ReplicaSet controller as the
+/// requester, CreateOptions, `oldObject: null`.
+pub fn apiserver_review(namespace: &str, object: &Value, uid: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"{}","#,
+            r#""kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"#,
+            r#""requestKind":{{"group":"","version":"v1","kind":"Pod"}},"requestResource":{{"group":"","version":"v1","resource":"pods"}},"#,
+            r#""namespace":"{}","operation":"CREATE","#,
+            r#""userInfo":{{"username":"system:serviceaccount:kube-system:replicaset-controller","uid":"5e1f0a2b-0000-4000-8000-000000000002","groups":["system:serviceaccounts","system:serviceaccounts:kube-system","system:authenticated"]}},"#,
+            r#""object":{},"oldObject":null,"dryRun":false,"options":{{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}}}}"#
+        ),
+        uid, namespace, object
+    )
+}
+
 /// [`review_of`] a pod CREATE in the pod's namespace.
 pub fn review(pod: &Pod, uid: &str) -> Value {
     let object = serde_json::to_value(pod).unwrap();

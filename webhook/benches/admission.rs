@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kubetune_test_support::admission::{facts_with, ingress_nodes, policy};
+use kubetune_test_support::admission::{apiserver_review, facts_with, ingress_nodes, policy};
 use kubetune_test_support::client;
 use kubetune_test_support::webhook::snapshot_labelled;
 use kubetune_webhook::admission::{Config, Snapshot};
@@ -62,17 +62,7 @@ fn review_body_of(app: &str, hash: &str, restarted_at: &str, uid: usize) -> Byte
                 {"name": "envoy", "image": "envoyproxy/envoy:v1.31", "args": ["-c", "/etc/envoy/envoy.yaml"],
                  "volumeMounts": [{"name": "cfg", "mountPath": "/etc/envoy"}]}],
             "volumes": [{"name": "cfg", "configMap": {"name": "envoy"}}]}});
-    let review = format!(
-        concat!(
-            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"6f1d2c3a-0000-4000-8000-{:012x}","#,
-            r#""kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"#,
-            r#""requestKind":{{"group":"","version":"v1","kind":"Pod"}},"requestResource":{{"group":"","version":"v1","resource":"pods"}},"#,
-            r#""namespace":"shop","operation":"CREATE","#,
-            r#""userInfo":{{"username":"system:serviceaccount:kube-system:replicaset-controller","uid":"5e1f0a2b-0000-4000-8000-000000000002","groups":["system:serviceaccounts","system:serviceaccounts:kube-system","system:authenticated"]}},"#,
-            r#""object":{},"oldObject":null,"dryRun":false,"options":{{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}}}}"#
-        ),
-        uid, pod
-    );
+    let review = apiserver_review("shop", &pod, &format!("6f1d2c3a-0000-4000-8000-{uid:012x}"));
     Bytes::from(review)
 }
 

@@ -160,7 +160,32 @@ pub struct ReviewMemo {
     memo: PlanMemo,
     /// Offsets of `request.uid` in the remembered reviews (a handful: the apiserver writes the
     /// uid first in `request`, at one offset).
-    uid_offsets: Mutex<Vec<usize>>,
+    uid_offsets: Mutex<UidOffsets>,
+}
+
+/// At most [`MEMO_UID_OFFSETS`] offsets, copied out of the lock without allocating.
+#[derive(Default, Debug, Clone, Copy)]
+struct UidOffsets {
+    at: [usize; MEMO_UID_OFFSETS],
+    len: usize,
+}
+
+impl UidOffsets {
+    fn as_slice(&self) -> &[usize] {
+        &self.at[..self.len]
+    }
+    /// Adds `o` unless full; true when `o` is (now) among the offsets.
+    fn add(&mut self, o: usize) -> bool {
+        if self.as_slice().contains(&o) {
+            return true;
+        }
+        if self.len == MEMO_UID_OFFSETS {
+            return false;
+        }
+        self.at[self.len] = o;
+        self.len += 1;
+        true
+    }
 }
 
 impl Clone for ReviewMemo {
@@ -174,13 +199,9 @@ impl ReviewMemo {
     /// The answer to `body` and its uid, when a review equal but for its uid was answered; else
     /// the keys looked up, for [`ReviewMemo::insert`].
     pub fn get<'b>(&self, body: &'b [u8]) -> Result<(Arc<Planned>, &'b str), Miss> {
-        let offsets = self
-            .uid_offsets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut miss = Miss(Vec::with_capacity(offsets.len()));
-        for o in offsets {
+        let offsets = *self.uid_offsets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut miss = Miss::default();
+        for &o in offsets.as_slice() {
             let Some((key, uid)) = excise_uid(body, o) else {
                 continue;
             };
@@ -195,30 +216,31 @@ impl ReviewMemo {
     /// `body`, so it had no escapes); anything else is not remembered. `miss`: what
     /// [`ReviewMemo::get`] looked up for this body.
     pub fn insert(&self, body: &[u8], uid: &str, planned: Arc<Planned>, miss: Miss) {
-        let Some(o) = (uid.as_ptr() as usize).checked_sub(body.as_ptr() as usize) else {
-            return;
+        let Some(o) = (uid.as_ptr() as usize)
+            .checked_sub(body.as_ptr() as usize)
+            .filter(|o| o + uid.len() <= body.len())
+        else {
+            return; // not borrowed from the body
         };
         let looked_up = miss.0.into_iter().find(|(at, _)| *at == o);
-        let key = match looked_up {
-            Some((_, key)) if body.get(o..o + uid.len()).is_some() => key,
-            _ => match excise_uid(body, o) {
-                Some((key, found)) if found.as_ptr() == uid.as_ptr() => key,
-                _ => return,
-            },
+        let Some(key) = looked_up
+            .map(|(_, key)| key)
+            .or_else(|| excise_uid(body, o).map(|(key, _)| key))
+        else {
+            return;
         };
-        if key.len() + uid.len() != 8 + body.len() {
-            return; // the string at `o` is not the whole uid
+        // The string excised at `o` must be the decoded uid, all of it.
+        if key.len() != KEY_HEADER + body.len() - uid.len() {
+            return;
         }
+        if self
+            .uid_offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(o)
         {
-            let mut offsets = self.uid_offsets.lock().unwrap_or_else(|e| e.into_inner());
-            if !offsets.contains(&o) {
-                if offsets.len() >= MEMO_UID_OFFSETS {
-                    return;
-                }
-                offsets.push(o);
-            }
+            self.memo.insert("", &key, planned);
         }
-        self.memo.insert("", &key, planned);
     }
     /// Number of remembered reviews.
     pub fn len(&self) -> usize {
@@ -238,6 +260,9 @@ impl ReviewMemo {
 #[derive(Debug, Default)]
 pub struct Miss(Vec<(usize, Vec<u8>)>);
 
+/// Bytes of the offset in front of a review memo key.
+const KEY_HEADER: usize = 8;
+
 /// `body` without the string that starts at `o` (up to the next `"`), the offset in front, and
 /// that string — when it is plain printable ASCII without `\` (so JSON reads it verbatim).
 fn excise_uid(body: &[u8], o: usize) -> Option<(Vec<u8>, &str)> {
@@ -247,7 +272,7 @@ fn excise_uid(body: &[u8], o: usize) -> Option<(Vec<u8>, &str)> {
     if !uid.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'\\') {
         return None;
     }
-    let mut key = Vec::with_capacity(8 + body.len() - uid.len());
+    let mut key = Vec::with_capacity(KEY_HEADER + body.len() - uid.len());
     key.extend_from_slice(&(o as u64).to_le_bytes());
     key.extend_from_slice(&body[..o]);
     key.extend_from_slice(&body[end..]);

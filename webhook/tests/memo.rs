@@ -47,21 +47,10 @@ fn without_uid(a: &Answer) -> Value {
     v
 }
 
-/// A replica's review as the apiserver writes it (`request.uid` first, the requester and options
-/// in), with `uid` put in verbatim.
+/// A replica's review as the apiserver writes it, with `uid` put in verbatim.
 fn apiserver_review(object: &Value, uid: &str) -> String {
-    format!(
-        concat!(
-            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"{}","#,
-            r#""kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"#,
-            r#""requestKind":{{"group":"","version":"v1","kind":"Pod"}},"namespace":"{}","operation":"CREATE","#,
-            r#""userInfo":{{"username":"system:serviceaccount:kube-system:replicaset-controller","uid":"5e1f","groups":["system:serviceaccounts"]}},"#,
-            r#""object":{},"oldObject":null,"dryRun":false,"options":{{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}}}}"#
-        ),
-        uid,
-        object["metadata"]["namespace"].as_str().unwrap(),
-        object
-    )
+    let ns = object["metadata"]["namespace"].as_str().unwrap();
+    kubetune_test_support::admission::apiserver_review(ns, object, uid)
 }
 
 #[test]
