@@ -9,7 +9,7 @@
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -65,37 +65,59 @@ pub fn pod_labels(pod: &Pod) -> &BTreeMap<String, String> {
     pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
 }
 
-/// Does `policy` select `pod`: same namespace, the policy is not being deleted, and its
-/// `podSelector` matches the pod's labels?
+/// Does `policy` select `pod`: [`in_scope`] of the pod's namespace, and its `podSelector`
+/// matches the pod's labels?
 pub fn selects(policy: &TuningPolicy, pod: &Pod) -> bool {
-    policy.metadata.namespace.as_deref().unwrap_or_default()
-        == pod.metadata.namespace.as_deref().unwrap_or_default()
-        && policy.metadata.deletion_timestamp.is_none()
-        && selector_matches(&policy.spec.pod_selector, pod_labels(pod))
+    in_scope(
+        policy,
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+    ) && selector_matches(&policy.spec.pod_selector, pod_labels(pod))
 }
 
-/// The label keys the pod selectors of `namespace`'s policies read (`matchLabels` keys and
-/// `matchExpressions` keys). [`selects`] reads no other label of a pod in that namespace, so a
-/// pod with only these labels is selected by exactly the same policies.
-pub fn selector_keys<'a>(
-    policies: impl IntoIterator<Item = &'a TuningPolicy>,
-    namespace: &str,
-) -> BTreeSet<&'a str> {
-    let mut keys = BTreeSet::new();
-    for p in policies {
-        if p.metadata.namespace.as_deref().unwrap_or_default() != namespace {
-            continue;
-        }
-        let sel = &p.spec.pod_selector;
-        keys.extend(sel.match_labels.iter().flatten().map(|(k, _)| k.as_str()));
-        keys.extend(
-            sel.match_expressions
-                .iter()
-                .flatten()
-                .map(|e| e.key.as_str()),
-        );
+/// Can `policy` select pods of `namespace`: the same namespace, and the policy is not being
+/// deleted?
+fn in_scope(policy: &TuningPolicy, namespace: &str) -> bool {
+    policy.metadata.namespace.as_deref().unwrap_or_default() == namespace
+        && policy.metadata.deletion_timestamp.is_none()
+}
+
+/// The policies that can select pods of one namespace, in [`precedence`] order, their selectors
+/// compiled once: [`matching_policies`] for every pod of the namespace without looking at the
+/// other namespaces' policies or compiling a selector again (the webhook keeps one per namespace
+/// and snapshot of the policies).
+#[derive(Debug, Default)]
+pub struct NamespacePolicies {
+    /// (index into the policies it was built from, the compiled selector: `None` selects
+    /// nothing).
+    entries: Vec<(usize, Option<Selector>)>,
+}
+
+impl NamespacePolicies {
+    /// The policies of `policies` that can select pods of `namespace`.
+    pub fn new(policies: &[TuningPolicy], namespace: &str) -> Self {
+        let mut in_ns: Vec<(usize, &TuningPolicy)> = policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| in_scope(p, namespace))
+            .collect();
+        // Stable: filtering the sorted list later keeps what `matching_policies` sorts.
+        in_ns.sort_by(|(_, a), (_, b)| precedence(a, b));
+        let entries = in_ns
+            .into_iter()
+            .map(|(i, p)| (i, compile(&p.spec.pod_selector)))
+            .collect();
+        Self { entries }
     }
-    keys
+
+    /// The indices (into the policies this was built from) of the policies that select a pod of
+    /// the namespace with `labels`, in [`precedence`] order: what [`matching_policies`] gives.
+    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<usize> {
+        self.entries
+            .iter()
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.matches(labels)))
+            .map(|(i, _)| *i)
+            .collect()
+    }
 }
 
 /// Precedence between two policies setting the same sysctl: higher `priority` first, then
@@ -311,53 +333,56 @@ mod tests {
     }
 
     #[test]
-    fn a_pod_with_only_the_selector_keys_is_selected_alike() {
+    fn namespace_policies_select_what_matching_policies_selects() {
+        let mut deleting = policy("shop", "deleting", 0, LabelSelector::default());
+        deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
         let policies = vec![
             policy("shop", "web", 0, ml(&[("app", "web")])),
             policy(
                 "shop",
                 "fe",
-                0,
+                3,
                 exprs(vec![
                     req("tier", "In", Some(&["fe"])),
                     req("canary", "DoesNotExist", None),
                 ]),
             ),
             policy("shop", "all", 0, LabelSelector::default()),
+            policy("shop", "also-all", 3, LabelSelector::default()),
+            policy("shop", "bogus", 9, exprs(vec![req("app", "Has", None)])),
             policy("other", "elsewhere", 0, ml(&[("team", "x")])),
+            deleting,
         ];
-        let keys = selector_keys(&policies, "shop");
-        assert_eq!(
-            keys.into_iter().collect::<Vec<_>>(),
-            ["app", "canary", "tier"]
-        );
-        assert!(selector_keys(&policies, "empty").is_empty());
         let all = [
             ("app", "web"),
             ("app", "api"),
             ("tier", "fe"),
             ("canary", "1"),
             ("team", "x"),
-            ("pod-template-hash", "5d8f9"),
         ];
-        // Every subset of labels (one value per key): the same policies as with the keys only.
-        for mask in 0u32..(1 << all.len()) {
-            let kv: BTreeMap<&str, &str> = all
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, kv)| *kv)
-                .collect();
-            let kv: Vec<(&str, &str)> = kv.into_iter().collect();
-            let full = pod("shop", &kv);
-            let keys = selector_keys(&policies, "shop");
-            let only: Vec<(&str, &str)> = kv
-                .iter()
-                .filter(|(k, _)| keys.contains(k))
-                .copied()
-                .collect();
-            let names = |p: &Pod| selecting_names(p, &policies);
-            assert_eq!(names(&full), names(&pod("shop", &only)), "{kv:?}");
+        for ns in ["shop", "other", "empty"] {
+            let index = NamespacePolicies::new(&policies, ns);
+            // Every subset of labels (one value per key).
+            for mask in 0u32..(1 << all.len()) {
+                let kv: BTreeMap<&str, &str> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, kv)| *kv)
+                    .collect();
+                let kv: Vec<(&str, &str)> = kv.into_iter().collect();
+                let p = pod(ns, &kv);
+                let want: Vec<*const TuningPolicy> = matching_policies(&p, &policies)
+                    .into_iter()
+                    .map(|p| p as *const _)
+                    .collect();
+                let got: Vec<*const TuningPolicy> = index
+                    .matching(pod_labels(&p))
+                    .into_iter()
+                    .map(|i| &policies[i] as *const _)
+                    .collect();
+                assert_eq!(got, want, "{ns} {kv:?}");
+            }
         }
     }
 }

@@ -41,15 +41,34 @@ fn rollout_body(hash: &str, uid: usize) -> Bytes {
 }
 
 /// A pod of a Deployment never seen before: another `app` label, which a policy selector in the
-/// namespace names (`batch`), so a new plan input — planned and patched from scratch.
+/// namespace names (`batch`) without selecting it — the same selecting policies, so the same
+/// plan input.
 fn new_deployment_body(app: &str, uid: usize) -> Bytes {
     review_body_of(app, "7d9f8c6b5", "2026-11-01T10:00:00Z", uid)
+}
+
+/// A pod nothing remembered applies to: another `topology.kubernetes.io/zone` in its
+/// nodeSelector (what the planner reads to place it), so a new plan input — planned and patched
+/// from scratch, as the first pod of each kind is after any policy change.
+fn unplanned_body(zone: &str, uid: usize) -> Bytes {
+    review_body_in("web", "7d9f8c6b5", "2026-11-01T10:00:00Z", Some(zone), uid)
 }
 
 /// The review as the apiserver writes it: `request.uid` first (the `uid`-th request's), the
 /// ReplicaSet controller as the requester, CreateOptions.
 fn review_body_of(app: &str, hash: &str, restarted_at: &str, uid: usize) -> Bytes {
-    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+    review_body_in(app, hash, restarted_at, None, uid)
+}
+
+/// [`review_body_of`] with the pod also required in `zone`.
+fn review_body_in(
+    app: &str,
+    hash: &str,
+    restarted_at: &str,
+    zone: Option<&str>,
+    uid: usize,
+) -> Bytes {
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
             "generateName": format!("{app}-{hash}-"), "namespace": "shop",
             "labels": {"app": app, "pod-template-hash": hash, "tier": "frontend"},
             "annotations": {"kubectl.kubernetes.io/restartedAt": restarted_at},
@@ -62,6 +81,9 @@ fn review_body_of(app: &str, hash: &str, restarted_at: &str, uid: usize) -> Byte
                 {"name": "envoy", "image": "envoyproxy/envoy:v1.31", "args": ["-c", "/etc/envoy/envoy.yaml"],
                  "volumeMounts": [{"name": "cfg", "mountPath": "/etc/envoy"}]}],
             "volumes": [{"name": "cfg", "configMap": {"name": "envoy"}}]}});
+    if let Some(zone) = zone {
+        pod["spec"]["nodeSelector"]["topology.kubernetes.io/zone"] = json!(zone);
+    }
     let review = apiserver_review("shop", &pod, &format!("6f1d2c3a-0000-4000-8000-{uid:012x}"));
     Bytes::from(review)
 }
@@ -119,8 +141,10 @@ enum Shape {
     Replica,
     /// The first pod of another rollout every time (same plan input, new object).
     Rollout,
-    /// A pod of a never-seen Deployment every time (new plan input).
+    /// A pod of a never-seen Deployment every time (same selecting policies, same plan input).
     NewDeployment,
+    /// A pod with a never-seen nodeSelector every time (new plan input).
+    Unplanned,
 }
 
 /// `n` reviews of `shape`, none seen before in this process (`tag` keeps runs apart).
@@ -136,6 +160,9 @@ fn bodies(shape: Shape, tag: &str, n: usize) -> Bodies {
             .collect(),
         Shape::NewDeployment => (0..n)
             .map(|i| new_deployment_body(&format!("svc-{tag}{i:x}"), i))
+            .collect(),
+        Shape::Unplanned => (0..n)
+            .map(|i| unplanned_body(&format!("zone-{tag}{i:x}"), i))
             .collect(),
     })
 }
@@ -350,11 +377,12 @@ fn main() {
         // `KT_BENCH_PROFILE=N`: only the handler on N new pod shapes, then exit — a short,
         // deterministic run to count instructions in (valgrind --tool=callgrind).
         if let Some(n) = std::env::var("KT_BENCH_PROFILE").ok().and_then(|v| v.parse::<usize>().ok()) {
-            // `KT_BENCH_SHAPE=rollout|replica`: case b or a instead of c.
+            // `KT_BENCH_SHAPE=deployment|rollout|replica`: case c, b or a instead of d.
             let shape = match std::env::var("KT_BENCH_SHAPE").as_deref() {
+                Ok("deployment") => Shape::NewDeployment,
                 Ok("rollout") => Shape::Rollout,
                 Ok("replica") => Shape::Replica,
-                _ => Shape::NewDeployment,
+                _ => Shape::Unplanned,
             };
             let (snap, cfg, distinct) = (snapshot(), Config::new("kubetune-system", &[]), bodies(shape, "p", n));
             for b in distinct.iter().cycle().take(n) {
@@ -398,8 +426,8 @@ fn main() {
                 }
                 t.elapsed().as_secs_f64() * 1e6 / n as f64
             };
-            let (rollout, miss) = (per_review(Shape::Rollout, "h"), per_review(Shape::NewDeployment, "h"));
-            println!("handler only (1 thread, no TLS/HTTP), µs per review: {hit:.1} replica (review memo hit), {rollout:.1} first pod of a rollout (plan-input memo hit), {miss:.1} never-seen Deployment (decode+plan+patch+encode)");
+            let (rollout, deployment, miss) = (per_review(Shape::Rollout, "h"), per_review(Shape::NewDeployment, "h"), per_review(Shape::Unplanned, "h"));
+            println!("handler only (1 thread, no TLS/HTTP), µs per review: {hit:.1} replica (review memo hit), {rollout:.1} first pod of a rollout, {deployment:.1} never-seen Deployment (plan-input memo hits), {miss:.1} never planned (decode+plan+patch+encode)");
         }
         println!("real HTTPS server on 127.0.0.1 (tokio-rustls + hyper + warp), {workers} runtime workers shared with the clients, {clients} keep-alive clients, AdmissionReview of {} bytes", body.len());
         let replicas = bodies(Shape::Replica, "", 1024);
@@ -413,7 +441,8 @@ fn main() {
         let cases = [
             ("a", Shape::Replica, "replicas of one Deployment pod (each review its own uid): after the first, answered from the review memo"),
             ("b", Shape::Rollout, "every review the first pod of another rollout (new pod-template-hash and restartedAt): answered from the plan-input memo"),
-            ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector): planned and patched from scratch"),
+            ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector that does not select it): answered from the plan-input memo"),
+            ("d", Shape::Unplanned, "every review a pod never planned (new nodeSelector zone): planned and patched from scratch"),
         ];
         let per_round = per_client / ROUNDS;
         for (letter, shape, title) in cases {

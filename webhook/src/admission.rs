@@ -13,13 +13,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kubetune_crds::decision::SKIP_ANNOTATION;
 use kubetune_crds::facts::ClusterFacts;
-use kubetune_crds::matching::selector_keys;
+use kubetune_crds::matching::NamespacePolicies;
 use kubetune_crds::policy::{validate_spec, TuningPolicy};
 use serde_json::value::RawValue;
 
 use crate::memo::{PlanMemo, Planned, ReviewMemo};
 use crate::patch::build_patch;
-use crate::plan::{plan, NamespaceFacts, PSA_ENFORCE};
+use crate::plan::{plan_matched, NamespaceFacts, PSA_ENFORCE};
 use crate::podview::{decode_subset, PodSubset};
 use crate::review::{self, Answer, NotJson, Request, ReviewOutcome};
 
@@ -39,12 +39,14 @@ pub struct Snapshot {
     /// Answers already computed against this snapshot, by review body but its uid (starts
     /// empty; see [`ReviewMemo`]): replicas of one pod template.
     pub memo: ReviewMemo,
-    /// The same, by plan input ([`PodSubset::plan_input`]): pods that differ only in what
-    /// kubetune does not read, e.g. the first pods of successive rollouts of one Deployment.
+    /// The same, by the policies that select the pod and its plan input
+    /// ([`PodSubset::plan_input`]): pods that differ only in what kubetune does not read, e.g.
+    /// the first pods of successive rollouts of one Deployment, or the pods of two Deployments
+    /// the same policies select.
     pub inputs: PlanMemo,
-    /// The label keys the pod selectors of each namespace's policies name (filled as
-    /// namespaces are seen; a copied snapshot starts empty).
-    pub selector_keys: SelectorKeys,
+    /// The policies of each namespace, their selectors compiled (filled as namespaces are seen;
+    /// a copied snapshot starts empty).
+    pub namespace_policies: NamespaceIndex,
 }
 
 impl Snapshot {
@@ -71,31 +73,27 @@ fn versions(p: &[TuningPolicy]) -> Vec<(Option<&str>, Option<&str>, Option<&str>
         .collect()
 }
 
-/// [`selector_keys`] of a snapshot's policies, once per namespace.
+/// The [`NamespacePolicies`] of a snapshot's policies, built once per namespace.
 #[derive(Default, Debug)]
-pub struct SelectorKeys(Mutex<HashMap<String, Arc<BTreeSet<String>>>>);
+pub struct NamespaceIndex(Mutex<HashMap<String, Arc<NamespacePolicies>>>);
 
-impl Clone for SelectorKeys {
+impl Clone for NamespaceIndex {
     /// A copied snapshot (whose policies may then change) starts empty.
     fn clone(&self) -> Self {
         Self::default()
     }
 }
 
-impl SelectorKeys {
-    /// The label keys the selectors of `policies` in `namespace` name.
-    pub fn of(&self, policies: &[TuningPolicy], namespace: &str) -> Arc<BTreeSet<String>> {
+impl NamespaceIndex {
+    /// The policies of `policies` that can select pods of `namespace`.
+    pub fn of(&self, policies: &[TuningPolicy], namespace: &str) -> Arc<NamespacePolicies> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = m.get(namespace) {
             return k.clone();
         }
-        let keys: BTreeSet<String> = selector_keys(policies, namespace)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        let keys = Arc::new(keys);
-        m.insert(namespace.to_string(), keys.clone());
-        keys
+        let index = Arc::new(NamespacePolicies::new(policies, namespace));
+        m.insert(namespace.to_string(), index.clone());
+        index
     }
 }
 
@@ -191,9 +189,11 @@ fn mutate_request(
     let memo_ns = warning.is_none().then_some(namespace.as_str());
     // The pod's name only for the debug log (the plan input drops it).
     let name = tracing::enabled!(tracing::Level::DEBUG).then(|| subset.display_name().to_owned());
-    let keys = snap.selector_keys.of(&snap.policies, &namespace);
-    let input = subset.plan_input(&keys);
-    let (planned, hit) = plan_input_answer(input, &ns, snap, memo_ns);
+    let matched = snap
+        .namespace_policies
+        .of(&snap.policies, &namespace)
+        .matching(subset.labels());
+    let (planned, hit) = plan_input_answer(subset.plan_input(), &matched, &ns, snap, memo_ns);
     tracing::debug!(
         uid,
         namespace,
@@ -207,26 +207,42 @@ fn mutate_request(
     (answer, memo_ns.map(|_| planned))
 }
 
-/// The plan and patch of a pod's plan input: from the snapshot's plan-input memo when it planned
-/// the same input before (the first pod of a rollout that changed nothing kubetune reads), else
-/// planned now and remembered. `memo_ns`: the namespace when the answer may be remembered.
+/// The plan and patch of a pod's plan input and the policies that select it (`matched`: their
+/// positions in the snapshot, in precedence order): from the snapshot's plan-input memo when it
+/// planned the same before (the first pod of a rollout that changed nothing kubetune reads, a
+/// Deployment the same policies select), else planned now and remembered. `memo_ns`: the
+/// namespace when the answer may be remembered.
 fn plan_input_answer(
     input: PodSubset,
+    matched: &[usize],
     ns: &NamespaceFacts,
     snap: &Snapshot,
     memo_ns: Option<&str>,
 ) -> (Arc<Planned>, bool) {
-    let key = memo_ns.map(|m| (m, input.key()));
+    let key = memo_ns.map(|m| (m, plan_key(matched, &input)));
     if let Some((m, k)) = &key {
-        if let Some(hit) = snap.inputs.get(m, k.as_bytes()) {
+        if let Some(hit) = snap.inputs.get(m, k) {
             return (hit, true);
         }
     }
-    let planned = Arc::new(plan_and_patch(&input.into_pod(), ns, snap));
+    let policies: Vec<&TuningPolicy> = matched.iter().map(|&i| &snap.policies[i]).collect();
+    let planned = Arc::new(plan_and_patch(&input.into_pod(), &policies, ns, snap));
     if let Some((m, k)) = key {
-        snap.inputs.insert(m, k.as_bytes(), planned.clone());
+        snap.inputs.insert(m, &k, planned.clone());
     }
     (planned, false)
+}
+
+/// The plan-input memo's key: how many policies select the pod and their positions in the
+/// snapshot, then the plan input's canonical JSON.
+fn plan_key(matched: &[usize], input: &PodSubset) -> Vec<u8> {
+    let mut key = Vec::with_capacity(512);
+    key.extend_from_slice(&matched.len().to_le_bytes());
+    for i in matched {
+        key.extend_from_slice(&i.to_le_bytes());
+    }
+    input.write_key(&mut key);
+    key
 }
 
 /// Pods kubetune never touches: in an excluded namespace, mirror pods, opted out.
@@ -259,15 +275,20 @@ fn namespace_facts<'s>(
     (Cow::Owned(facts), Some(warning))
 }
 
-/// Plan and patch one pod (the uncached path of `/mutate`).
-fn plan_and_patch(pod: &Pod, ns: &NamespaceFacts, snap: &Snapshot) -> Planned {
+/// Plan and patch one pod selected by `policies` (the uncached path of `/mutate`).
+fn plan_and_patch(
+    pod: &Pod,
+    policies: &[&TuningPolicy],
+    ns: &NamespaceFacts,
+    snap: &Snapshot,
+) -> Planned {
     let unpatched = |outcome| Planned {
         namespace: ns.name.clone(),
         patch_b64: None,
         outcome,
         delivered: vec![],
     };
-    let p = plan(pod, ns, &snap.policies, &snap.facts);
+    let p = plan_matched(pod, ns, policies, &snap.facts);
     if p.is_empty() {
         return unpatched(ReviewOutcome::Skipped);
     }

@@ -112,7 +112,7 @@ pub fn build_snapshot(stores: &Stores) -> Snapshot {
         facts,
         memo: Default::default(),
         inputs: Default::default(),
-        selector_keys: Default::default(),
+        namespace_policies: Default::default(),
     }
 }
 

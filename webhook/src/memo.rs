@@ -1,6 +1,7 @@
 //! The per-snapshot plan memos: replicas of one pod template are planned once (and their
-//! reviews not even decoded again), and so is one plan input (the first pods of rollouts that
-//! change nothing kubetune reads).
+//! reviews not even decoded again), and so is one plan input with one set of selecting policies
+//! (the first pods of rollouts that change nothing kubetune reads, Deployments the same policies
+//! select).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +21,8 @@ pub const MEMO_UID_OFFSETS: usize = 4;
 /// scope (the plan-input memo's scope is the pod's namespace).
 ///
 /// The snapshot keeps two: the [`ReviewMemo`] (whole reviews but their uid: replicas) and one
-/// keyed by the canonical JSON of the pod's plan input
+/// keyed by the policies that select the pod (their positions in the snapshot) and the canonical
+/// JSON of the pod's plan input
 /// ([`PodSubset::plan_input`](crate::podview::PodSubset::plan_input)): exactly what plan and
 /// patch are computed from, so a hit there is exact. A new snapshot (any policy, namespace or
 /// cluster-facts change) comes with empty memos, so nothing outlives what it was computed from.

@@ -119,7 +119,18 @@ pub fn plan(
     policies: &[TuningPolicy],
     facts: &ClusterFacts,
 ) -> Plan {
-    let matching = matching_policies(pod, policies);
+    plan_matched(pod, ns, &matching_policies(pod, policies), facts)
+}
+
+/// [`plan`] with the policies that select the pod already found ([`matching_policies`], in
+/// precedence order). The pod's labels are not read again: two pods selected by the same
+/// policies that agree in everything else get the same plan.
+pub fn plan_matched(
+    pod: &Pod,
+    ns: &NamespaceFacts,
+    matching: &[&TuningPolicy],
+    facts: &ClusterFacts,
+) -> Plan {
     if matching.is_empty() {
         return Plan {
             decision: PodDecision {
@@ -145,7 +156,7 @@ pub fn plan(
         .filter(|(n, v)| !is_ours(n, v))
         .cloned()
         .collect();
-    let first = plan_with_own(pod, &ctx, &matching, facts, &own);
+    let first = plan_with_own(pod, &ctx, matching, facts, &own);
     // Sysctls the pod carries from an earlier admission (its decision record says kubetune put
     // them there) that this admission does not inject again: they stay on the pod — kubetune
     // never removes a sysctl — so from now on they are the pod's own. Without this the next
@@ -158,7 +169,7 @@ pub fn plan(
         return first;
     }
     own.extend(leftover);
-    plan_with_own(pod, &ctx, &matching, facts, &own)
+    plan_with_own(pod, &ctx, matching, facts, &own)
 }
 
 fn plan_with_own(

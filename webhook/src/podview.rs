@@ -7,12 +7,12 @@
 //! skipped without being materialised.
 //!
 //! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::plan_input`] narrows
-//! it further to what they read in one snapshot (the labels its selectors name, kubetune's own
-//! annotations; not the name), and [`PodSubset::key`] is that input's canonical JSON, the key of
-//! the plan-input memo. [`PodSubset::into_pod`] gives an ordinary `Pod` with just those fields, so
+//! it further to what they read once the policies that select the pod are known (kubetune's own
+//! annotations; not the labels or the name), and [`PodSubset::key`] is that input's canonical
+//! JSON, with the selecting policies the key of the plan-input memo. [`PodSubset::into_pod`] gives an ordinary `Pod` with just those fields, so
 //! the planner and the patch builder keep their typed API.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, Pod, PodSecurityContext, PodSpec, Sysctl};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -142,31 +142,35 @@ impl PodSubset {
         m.and_then(|m| m.name.as_deref().or(m.generate_name.as_deref()))
             .unwrap_or_default()
     }
-    /// What the planner and the patch read of this pod when the pod selectors of its namespace
-    /// name `label_keys`: those labels only, [`PLAN_ANNOTATIONS`] only (an annotation map that is
-    /// present stays present, which the patch's paths depend on), no name or generateName. Two
-    /// pods with the same plan input get the same plan and patch against the same snapshot, e.g.
-    /// the first pods of two rollouts of one Deployment whose template changed only in fields
-    /// kubetune does not read (images, env, `pod-template-hash`, `restartedAt`).
-    pub fn plan_input<K: std::borrow::Borrow<str> + Ord>(
-        mut self,
-        label_keys: &BTreeSet<K>,
-    ) -> PodSubset {
+    /// The pod's labels (empty when it has none).
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        let m = self.metadata.as_ref();
+        m.and_then(|m| m.labels.as_ref()).unwrap_or(&EMPTY)
+    }
+    /// What the planner and the patch read of this pod once the policies that select it are
+    /// known ([`crate::plan::plan_matched`]): no labels (read only to find those policies), no
+    /// name or generateName, [`PLAN_ANNOTATIONS`] only (an annotation map that is present stays
+    /// present, which the patch's paths depend on). Two pods with the same plan input and the
+    /// same selecting policies get the same plan and patch against the same snapshot, e.g. the
+    /// first pods of two rollouts of one Deployment whose template changed only in fields
+    /// kubetune does not read (images, env, `pod-template-hash`, `restartedAt`), or the pods of
+    /// two Deployments that the same policies select.
+    pub fn plan_input(mut self) -> PodSubset {
         if let Some(m) = self.metadata.as_mut() {
             m.name = None;
             m.generate_name = None;
-            if let Some(l) = m.labels.as_mut() {
-                l.retain(|k, _| label_keys.contains::<str>(k.as_str()));
-            }
+            m.labels = None;
             if let Some(a) = m.annotations.as_mut() {
                 a.retain(|k, _| PLAN_ANNOTATIONS.contains(&k.as_str()));
             }
         }
         self
     }
-    /// Canonical JSON of the subset (maps in key order): equal keys, equal subsets.
-    pub fn key(&self) -> String {
-        sonic_rs::to_string(self).expect("a pod subset serialises")
+    /// Append the canonical JSON of the subset (maps in key order) to `out`: equal keys, equal
+    /// subsets.
+    pub fn write_key(&self, out: &mut Vec<u8>) {
+        sonic_rs::to_writer(out, self).expect("a pod subset serialises");
     }
     /// An ordinary `Pod` carrying just these fields.
     pub fn into_pod(self) -> Pod {

@@ -158,8 +158,9 @@ fn first_pods_of_rollouts_share_one_plan() {
     assert_eq!(snap.inputs.len(), 1, "one plan input");
     assert_eq!(snap.memo.len(), 5, "five pod objects");
 
-    // A label a selector reads is part of the plan input, even when it selects alike.
-    // (`policies()` select `app=web`, which both rollouts carry.)
+    // Labels are read only to find the selecting policies: a label a selector reads that
+    // selects alike (`pod-template-hash` Exists, which every rollout carries) is answered from
+    // the memo, one that selects other policies is planned again.
     let mut tiered = policies();
     tiered[0].spec.pod_selector.match_expressions = Some(vec![
         k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
@@ -168,19 +169,61 @@ fn first_pods_of_rollouts_share_one_plan() {
             values: None,
         },
     ]);
-    for policies in [policies(), tiered] {
-        let snap = snapshot(policies);
-        let a = send(&snap, &cfg, &rollout(0), "a");
-        let b = send(&snap, &cfg, &rollout(1), "b");
-        assert!(a.patch().is_some() && !a.memo_hit);
-        let reads_hash = snap.policies[0]
-            .spec
-            .pod_selector
-            .match_expressions
-            .is_some();
-        assert_eq!(b.memo_hit, !reads_hash);
-        assert_eq!(without_uid(&a), without_uid(&b));
+    let snap = snapshot(tiered);
+    let a = send(&snap, &cfg, &rollout(0), "a");
+    let b = send(&snap, &cfg, &rollout(1), "b");
+    assert!(a.patch().is_some() && !a.memo_hit && b.memo_hit);
+    assert_eq!(without_uid(&a), without_uid(&b));
+    let mut unhashed = rollout(2);
+    unhashed["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pod-template-hash");
+    let c = send(&snap, &cfg, &unhashed, "c");
+    let fresh = send(&snap.clone(), &cfg, &unhashed, "c");
+    assert!(!c.memo_hit, "selected by other policies");
+    assert_ne!(without_uid(&c), without_uid(&a));
+    assert_eq!(without_uid(&c), without_uid(&fresh));
+}
+
+/// The pods of different Deployments that the same policies select (another `app` label, which
+/// no selector names, or one a selector names without selecting them) share one plan.
+#[test]
+fn deployments_selected_by_the_same_policies_share_one_plan() {
+    let cfg = Config::new("kubetune-system", &[]);
+    let tier = |mut p: kubetune_crds::TuningPolicy, key: &str, value: &str| {
+        p.spec.pod_selector.match_labels = Some([(key.to_string(), value.to_string())].into());
+        p
+    };
+    let mut all: Vec<_> = policies()
+        .into_iter()
+        .map(|p| tier(p, "tier", "frontend"))
+        .collect();
+    all.push(tier(
+        policy(
+            "batch",
+            json!({"sysctls": [{"name": "net.ipv4.tcp_fin_timeout", "value": "15"}]}),
+        ),
+        "app",
+        "batch",
+    ));
+    let snap = snapshot(all);
+    let deployment = |app: &str| {
+        replica(json!({"metadata": {"generateName": format!("{app}-5d8f9-"),
+            "labels": {"app": app, "tier": "frontend"}}}))
+    };
+    let first = send(&snap, &cfg, &deployment("web"), "a");
+    assert!(!first.memo_hit && first.patch().is_some());
+    for app in ["api", "shop", "cart"] {
+        let r = send(&snap, &cfg, &deployment(app), app);
+        let fresh = send(&snap.clone(), &cfg, &deployment(app), app);
+        assert!(r.memo_hit && !fresh.memo_hit, "{app}");
+        assert_eq!(without_uid(&r), without_uid(&fresh), "{app}");
     }
+    let batch = send(&snap, &cfg, &deployment("batch"), "b");
+    assert!(!batch.memo_hit, "selected by one more policy");
+    assert_ne!(without_uid(&batch), without_uid(&first));
+    assert_eq!(snap.inputs.len(), 2, "two sets of selecting policies");
 }
 
 #[test]
