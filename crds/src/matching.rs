@@ -109,6 +109,12 @@ impl NamespacePolicies {
         Self { entries }
     }
 
+    /// The indices (into the policies this was built from) of the namespace's policies, in
+    /// [`precedence`] order.
+    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.entries.iter().map(|(i, _)| *i)
+    }
+
     /// The indices (into the policies this was built from) of the policies that select a pod of
     /// the namespace with `labels`, in [`precedence`] order: what [`matching_policies`] gives.
     pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<usize> {

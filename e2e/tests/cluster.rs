@@ -1479,6 +1479,79 @@ fn every_replica_of_a_scaled_deployment_gets_the_same_decision() {
     }
 }
 
+/// Deployments that the same policies select get the same decision (the webhook plans their pod
+/// once and answers the other from its memo), and one that a further policy selects gets its own.
+#[test]
+fn deployments_selected_by_the_same_policies_get_the_same_decision() {
+    let Some((_g, ns)) = setup("deployments", &[]) else {
+        return;
+    };
+    let frontend = json!({"podSelector": {"matchLabels": {"tier": "frontend"}},
+        "sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "600"}]});
+    ns.apply(policy("frontend", "", frontend)).unwrap();
+    let batch = json!({"sysctls": [{"name": "net.ipv4.tcp_fin_timeout", "value": "15"}]});
+    ns.apply(policy("batch", "batch", batch)).unwrap();
+    let apps = ["web", "api", "batch"];
+    for app in apps {
+        let labels = json!({"app": app, "tier": "frontend"});
+        ns.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": app},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": app}},
+                "template": {"metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}}}))
+        .unwrap();
+    }
+    let record = |app: &str| -> Value {
+        let status = format!("deployment/{app}");
+        kubectl(
+            &[
+                "-n",
+                &ns.name,
+                "rollout",
+                "status",
+                &status,
+                "--timeout=180s",
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("rollout status {app}: {e}"));
+        let list = get_json(&[
+            "-n",
+            &ns.name,
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "json",
+        ]);
+        let pod = list["items"]
+            .as_array()
+            .and_then(|i| {
+                i.iter()
+                    .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+            })
+            .unwrap_or_else(|| panic!("a live {app} pod: {list}"))
+            .clone();
+        assert!(
+            sysctls(&pod).contains(&("net.ipv4.tcp_keepalive_time".into(), "600".into())),
+            "{pod}"
+        );
+        pod["metadata"]["annotations"][DECISION_ANNOTATION].clone()
+    };
+    let [web, api, batch] = apps.map(record);
+    assert!(web.is_string(), "{web}");
+    assert_eq!(web, api, "selected by the same policy");
+    assert_ne!(web, batch, "selected by one more policy");
+    assert!(
+        batch
+            .as_str()
+            .unwrap_or_default()
+            .contains("tcp_fin_timeout"),
+        "{batch}"
+    );
+}
+
 #[test]
 fn rollout_policy_restarts_a_running_deployment_once() {
     let Some((_g, ns)) = setup("rollout", &[]) else {

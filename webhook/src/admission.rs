@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::memo::{PlanMemo, Planned, ReviewMemo};
 use crate::patch::build_patch;
-use crate::plan::{plan_matched, NamespaceFacts, PSA_ENFORCE};
+use crate::plan::{plan_matched, NamespaceFacts, PreparedPolicy, PSA_ENFORCE};
 use crate::podview::{decode_subset, PodSubset};
 use crate::review::{self, Answer, NotJson, Request, ReviewOutcome};
 
@@ -44,8 +44,8 @@ pub struct Snapshot {
     /// the first pods of successive rollouts of one Deployment, or the pods of two Deployments
     /// the same policies select.
     pub inputs: PlanMemo,
-    /// The policies of each namespace, their selectors compiled (filled as namespaces are seen;
-    /// a copied snapshot starts empty).
+    /// The policies of each namespace, their selectors compiled and each prepared for planning
+    /// (filled as namespaces are seen; a copied snapshot starts empty).
     pub namespace_policies: NamespaceIndex,
 }
 
@@ -73,9 +73,43 @@ fn versions(p: &[TuningPolicy]) -> Vec<(Option<&str>, Option<&str>, Option<&str>
         .collect()
 }
 
-/// The [`NamespacePolicies`] of a snapshot's policies, built once per namespace.
+/// What planning reads of a namespace's policies, the same for every pod there: the policies
+/// that can select its pods ([`NamespacePolicies`]), each one [`PreparedPolicy`].
+#[derive(Debug)]
+pub struct NamespacePlanning {
+    /// The namespace's policies, their selectors compiled.
+    pub policies: NamespacePolicies,
+    prepared: HashMap<usize, PreparedPolicy>,
+}
+
+impl NamespacePlanning {
+    /// The policies of `all` that can select pods of `namespace`, prepared.
+    pub fn new(all: &[TuningPolicy], namespace: &str) -> Self {
+        let policies = NamespacePolicies::new(all, namespace);
+        let prepared = policies
+            .indices()
+            .map(|i| (i, PreparedPolicy::of(&all[i])))
+            .collect();
+        Self { policies, prepared }
+    }
+
+    /// The policies at `matched` (indices into `all`, as [`NamespacePolicies::matching`] gives
+    /// them), each with what was prepared for it.
+    pub fn prepared<'a>(
+        &'a self,
+        all: &'a [TuningPolicy],
+        matched: &[usize],
+    ) -> Vec<(&'a TuningPolicy, &'a PreparedPolicy)> {
+        matched
+            .iter()
+            .filter_map(|&i| Some((all.get(i)?, self.prepared.get(&i)?)))
+            .collect()
+    }
+}
+
+/// The [`NamespacePlanning`] of a snapshot's policies, built once per namespace.
 #[derive(Default, Debug)]
-pub struct NamespaceIndex(Mutex<HashMap<String, Arc<NamespacePolicies>>>);
+pub struct NamespaceIndex(Mutex<HashMap<String, Arc<NamespacePlanning>>>);
 
 impl Clone for NamespaceIndex {
     /// A copied snapshot (whose policies may then change) starts empty.
@@ -85,13 +119,13 @@ impl Clone for NamespaceIndex {
 }
 
 impl NamespaceIndex {
-    /// The policies of `policies` that can select pods of `namespace`.
-    pub fn of(&self, policies: &[TuningPolicy], namespace: &str) -> Arc<NamespacePolicies> {
+    /// What planning reads of the policies of `policies` that can select pods of `namespace`.
+    pub fn of(&self, policies: &[TuningPolicy], namespace: &str) -> Arc<NamespacePlanning> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = m.get(namespace) {
             return k.clone();
         }
-        let index = Arc::new(NamespacePolicies::new(policies, namespace));
+        let index = Arc::new(NamespacePlanning::new(policies, namespace));
         m.insert(namespace.to_string(), index.clone());
         index
     }
@@ -189,11 +223,10 @@ fn mutate_request(
     let memo_ns = warning.is_none().then_some(namespace.as_str());
     // The pod's name only for the debug log (the plan input drops it).
     let name = tracing::enabled!(tracing::Level::DEBUG).then(|| subset.display_name().to_owned());
-    let matched = snap
-        .namespace_policies
-        .of(&snap.policies, &namespace)
-        .matching(subset.labels());
-    let (planned, hit) = plan_input_answer(subset.plan_input(), &matched, &ns, snap, memo_ns);
+    let planning = snap.namespace_policies.of(&snap.policies, &namespace);
+    let matched = planning.policies.matching(subset.labels());
+    let input = subset.plan_input();
+    let (planned, hit) = plan_input_answer(input, &planning, &matched, &ns, snap, memo_ns);
     tracing::debug!(
         uid,
         namespace,
@@ -214,6 +247,7 @@ fn mutate_request(
 /// namespace when the answer may be remembered.
 fn plan_input_answer(
     input: PodSubset,
+    planning: &NamespacePlanning,
     matched: &[usize],
     ns: &NamespaceFacts,
     snap: &Snapshot,
@@ -225,7 +259,7 @@ fn plan_input_answer(
             return (hit, true);
         }
     }
-    let policies: Vec<&TuningPolicy> = matched.iter().map(|&i| &snap.policies[i]).collect();
+    let policies = planning.prepared(&snap.policies, matched);
     let planned = Arc::new(plan_and_patch(&input.into_pod(), &policies, ns, snap));
     if let Some((m, k)) = key {
         snap.inputs.insert(m, &k, planned.clone());
@@ -278,7 +312,7 @@ fn namespace_facts<'s>(
 /// Plan and patch one pod selected by `policies` (the uncached path of `/mutate`).
 fn plan_and_patch(
     pod: &Pod,
-    policies: &[&TuningPolicy],
+    policies: &[(&TuningPolicy, &PreparedPolicy)],
     ns: &NamespaceFacts,
     snap: &Snapshot,
 ) -> Planned {

@@ -38,13 +38,15 @@ fn replace(path: PointerBuf, value: Value) -> PatchOperation {
 /// records them as `PodValueKept`), so they are never changed.
 pub fn final_sysctls(pod: &Pod, plan: &Plan) -> Vec<(String, String)> {
     let mut out = current_sysctls(pod);
+    // The entries' names normalised once (the plan's names are).
+    let mut names: Vec<String> = out.iter().map(|(n, _)| sysctl::normalize_name(n)).collect();
     for (name, value) in &plan.security_context {
-        match out
-            .iter_mut()
-            .find(|(n, _)| sysctl::normalize_name(n) == *name)
-        {
-            Some(slot) => slot.1.clone_from(value),
-            None => out.push((name.clone(), value.clone())),
+        match names.iter().position(|n| n == name) {
+            Some(i) => out[i].1.clone_from(value),
+            None => {
+                out.push((name.clone(), value.clone()));
+                names.push(name.clone());
+            }
         }
     }
     out

@@ -102,6 +102,27 @@ fn invalid_spec_refusal(sysctl: &str, errors: &[SpecError]) -> (&'static str, St
     }
 }
 
+/// What planning reads of a policy apart from the pod, the same for every pod: the problems of
+/// its spec ([`validate_spec`]) and its desired sysctls ([`desired_sysctls`], values canonical).
+/// The webhook prepares each policy once per snapshot, not once per pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PreparedPolicy {
+    /// [`validate_spec`] of the policy's spec.
+    pub errors: Vec<SpecError>,
+    /// [`desired_sysctls`] of the policy's spec.
+    pub desired: BTreeMap<String, String>,
+}
+
+impl PreparedPolicy {
+    /// Prepare `policy`.
+    pub fn of(policy: &TuningPolicy) -> Self {
+        Self {
+            errors: validate_spec(&policy.spec),
+            desired: desired_sysctls(&policy.spec),
+        }
+    }
+}
+
 /// Plan the sysctls of one pod. Pure and deterministic.
 ///
 /// Rules, in order, per (matching policy in precedence order, desired sysctl):
@@ -119,16 +140,19 @@ pub fn plan(
     policies: &[TuningPolicy],
     facts: &ClusterFacts,
 ) -> Plan {
-    plan_matched(pod, ns, &matching_policies(pod, policies), facts)
+    let matching = matching_policies(pod, policies);
+    let prepared: Vec<PreparedPolicy> = matching.iter().map(|p| PreparedPolicy::of(p)).collect();
+    let matching: Vec<_> = matching.into_iter().zip(&prepared).collect();
+    plan_matched(pod, ns, &matching, facts)
 }
 
 /// [`plan`] with the policies that select the pod already found ([`matching_policies`], in
-/// precedence order). The pod's labels are not read again: two pods selected by the same
-/// policies that agree in everything else get the same plan.
+/// precedence order) and prepared. The pod's labels are not read again: two pods selected by the
+/// same policies that agree in everything else get the same plan.
 pub fn plan_matched(
     pod: &Pod,
     ns: &NamespaceFacts,
-    matching: &[&TuningPolicy],
+    matching: &[(&TuningPolicy, &PreparedPolicy)],
     facts: &ClusterFacts,
 ) -> Plan {
     if matching.is_empty() {
@@ -175,7 +199,7 @@ pub fn plan_matched(
 fn plan_with_own(
     pod: &Pod,
     pod_ctx: &PodContext,
-    matching: &[&TuningPolicy],
+    matching: &[(&TuningPolicy, &PreparedPolicy)],
     facts: &ClusterFacts,
     own: &BTreeMap<String, String>,
 ) -> Plan {
@@ -195,19 +219,19 @@ fn plan_with_own(
     };
     let mut claimed: BTreeMap<String, String> = BTreeMap::new(); // sysctl -> policy that set it
     let mut refs = BTreeSet::new();
-    for p in matching.iter().copied() {
+    for &(p, prepared) in matching {
         let name = p.metadata.name.clone().unwrap_or_default();
         let generation = p.metadata.generation.unwrap_or(0);
         refs.insert(PolicyRef {
             name: name.clone(),
             generation,
         });
-        let spec_errors = validate_spec(&p.spec);
-        for (sysctl, value) in desired_sysctls(&p.spec) {
+        let spec_errors = &prepared.errors;
+        for (sysctl, value) in prepared.desired.iter().map(|(s, v)| (s.clone(), v.clone())) {
             let (outcome, delivery, reason, message, node_affinity) = if spec_errors.is_empty() {
                 ctx.step(p, &sysctl, &value, &claimed)
             } else {
-                let (reason, message) = invalid_spec_refusal(&sysctl, &spec_errors);
+                let (reason, message) = invalid_spec_refusal(&sysctl, spec_errors);
                 (Outcome::Refused, None, reason, message, None)
             };
             if let (Outcome::Injected, Some(req)) = (outcome, node_affinity) {
