@@ -57,6 +57,26 @@ impl Snapshot {
             && self.namespaces == other.namespaces
             && versions(&self.policies) == versions(&other.policies)
     }
+
+    /// Take over what `old` remembered that still holds in this snapshot: when the policies (in
+    /// the same order) and the cluster facts are the same — only namespaces changed, say one was
+    /// created — the prepared policies of every namespace, and the answers for pods of the
+    /// namespaces whose facts are the same in both. A namespace coming and going elsewhere in
+    /// the cluster then does not send every pod shape through planning again.
+    pub fn carry_over(&mut self, old: &Snapshot) {
+        if self.facts != old.facts || versions(&self.policies) != versions(&old.policies) {
+            return;
+        }
+        let same = |p: &Planned| {
+            let ns = p.namespace.as_str();
+            self.namespaces
+                .get(ns)
+                .is_some_and(|n| old.namespaces.get(ns) == Some(n))
+        };
+        self.memo = old.memo.carried(same);
+        self.inputs = old.inputs.carried(same);
+        self.namespace_policies = old.namespace_policies.carried();
+    }
 }
 
 /// Each policy's identity and `resourceVersion` (any change of a policy changes it).
@@ -119,6 +139,11 @@ impl Clone for NamespaceIndex {
 }
 
 impl NamespaceIndex {
+    /// The same index, for a snapshot with the same policies.
+    fn carried(&self) -> Self {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Self(Mutex::new(m.clone()))
+    }
     /// What planning reads of the policies of `policies` that can select pods of `namespace`.
     pub fn of(&self, policies: &[TuningPolicy], namespace: &str) -> Arc<NamespacePlanning> {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());

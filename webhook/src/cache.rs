@@ -1,7 +1,8 @@
 //! kube-runtime reflectors for TuningPolicies, Namespaces, Nodes and NodeTunings (node truth) and
 //! the optional cluster-facts ConfigMap, folded into one [`Snapshot`] that is rebuilt on change —
 //! no API call per admission request. A rebuild that changes nothing the planner reads (a Node's
-//! status heartbeat, say) keeps the current snapshot and its plan memo.
+//! status heartbeat, say) keeps the current snapshot and its plan memo; one that changes only
+//! namespaces takes over what still holds of it ([`Snapshot::carry_over`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,8 +174,10 @@ pub fn start(client: Client, own_namespace: &str) -> Arc<ReflectorSource> {
             st.tunings.wait_until_ready()
         );
         loop {
-            let snap = build_snapshot(&stores);
-            if !s.snapshot().same_inputs(&snap) || !s.ready() {
+            let mut snap = build_snapshot(&stores);
+            let current = s.snapshot();
+            if !current.same_inputs(&snap) || !s.ready() {
+                snap.carry_over(&current);
                 tracing::debug!(
                     policies = snap.policies.len(),
                     namespaces = snap.namespaces.len(),

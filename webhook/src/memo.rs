@@ -48,6 +48,17 @@ struct MemoEntry {
     planned: Arc<Planned>,
 }
 
+impl MemoEntry {
+    fn size(&self) -> usize {
+        entry_size(&self.scope, &self.key, &self.planned)
+    }
+}
+
+/// The bytes an entry counts against [`MEMO_MAX_BYTES`].
+fn entry_size(scope: &str, key: &[u8], planned: &Planned) -> usize {
+    scope.len() + key.len() + planned.patch_b64.as_ref().map_or(0, String::len)
+}
+
 /// The part of a `/mutate` answer that depends only on the pod object, its namespace and the
 /// snapshot (not on the request's uid): what the memos remember.
 #[derive(Debug)]
@@ -119,12 +130,39 @@ impl PlanMemo {
             .find(|e| &*e.scope == scope && &*e.key == key)
             .map(|e| e.planned.clone())
     }
+    /// A memo with the entries of this one whose answer `keep` accepts (for a new snapshot in
+    /// which those answers still hold).
+    pub fn carried(&self, keep: impl Fn(&Planned) -> bool) -> PlanMemo {
+        let m = self.lock();
+        let mut out = MemoInner::default();
+        for (h, bucket) in &m.map {
+            let kept: Vec<MemoEntry> = bucket
+                .iter()
+                .filter(|e| keep(&e.planned))
+                .map(|e| MemoEntry {
+                    scope: e.scope.clone(),
+                    key: e.key.clone(),
+                    planned: e.planned.clone(),
+                })
+                .collect();
+            if kept.is_empty() {
+                continue;
+            }
+            out.entries += kept.len();
+            out.bytes += kept.iter().map(MemoEntry::size).sum::<usize>();
+            out.map.insert(*h, kept);
+        }
+        PlanMemo {
+            hasher: self.hasher.clone(),
+            inner: Mutex::new(out),
+        }
+    }
     /// Remember the answer for `key` in `scope` (within the bounds).
     pub fn insert(&self, scope: &str, key: &[u8], planned: Arc<Planned>) {
         if key.len() > MEMO_MAX_OBJECT_BYTES {
             return;
         }
-        let size = scope.len() + key.len() + planned.patch_b64.as_ref().map_or(0, String::len);
+        let size = entry_size(scope, key, &planned);
         let h = self.hash(scope, key);
         // A full memo is emptied; its entries are freed after the lock is released (declared
         // before the guard, so dropped after it), not while other reviews wait for it.
@@ -242,6 +280,15 @@ impl ReviewMemo {
             .add(o)
         {
             self.memo.insert("", &key, planned);
+        }
+    }
+    /// A memo with the reviews of this one whose answer `keep` accepts (see
+    /// [`PlanMemo::carried`]).
+    pub fn carried(&self, keep: impl Fn(&Planned) -> bool) -> ReviewMemo {
+        let offsets = *self.uid_offsets.lock().unwrap_or_else(|e| e.into_inner());
+        ReviewMemo {
+            memo: self.memo.carried(keep),
+            uid_offsets: Mutex::new(offsets),
         }
     }
     /// Number of remembered reviews.

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use kubetune_webhook::admission::{mutate, Config, Snapshot};
 use kubetune_webhook::memo::{MEMO_CAPACITY, MEMO_MAX_BYTES};
+use kubetune_webhook::plan::NamespaceFacts;
 use kubetune_webhook::review::Answer;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -224,6 +225,74 @@ fn deployments_selected_by_the_same_policies_share_one_plan() {
     assert!(!batch.memo_hit, "selected by one more policy");
     assert_ne!(without_uid(&batch), without_uid(&first));
     assert_eq!(snap.inputs.len(), 2, "two sets of selecting policies");
+}
+
+/// A new snapshot in which only namespaces changed (one created, another relabelled) takes over
+/// the answers for pods of the unchanged namespaces, and nothing when policies or facts changed.
+#[test]
+fn a_snapshot_that_changed_only_namespaces_keeps_what_still_holds() {
+    let cfg = Config::new("kubetune-system", &[]);
+    let mut all = policies();
+    all.extend(policies().into_iter().map(|mut p| {
+        p.metadata.namespace = Some("other".into());
+        p
+    }));
+    let mut old = snapshot(all);
+    let ns = |name: &str, labels: &[(&str, &str)]| {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (
+            name.to_string(),
+            NamespaceFacts {
+                name: name.into(),
+                labels,
+            },
+        )
+    };
+    old.namespaces.extend([ns("other", &[])]);
+    let shop = replica(json!({}));
+    let mut other = shop.clone();
+    other["metadata"]["namespace"] = json!("other");
+    for obj in [&shop, &other] {
+        assert!(!send(&old, &cfg, obj, "a").memo_hit);
+        assert!(send(&old, &cfg, obj, "b").memo_hit);
+    }
+    let mut new = old.clone();
+    new.namespaces.extend([
+        ns("created", &[]),
+        ns(
+            "other",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        ),
+    ]);
+    assert!(!new.same_inputs(&old));
+    new.carry_over(&old);
+    let fresh = new.clone();
+    let (s, o) = (send(&new, &cfg, &shop, "c"), send(&new, &cfg, &other, "c"));
+    assert!(s.memo_hit, "shop did not change");
+    assert!(!o.memo_hit, "other was relabelled");
+    assert_eq!(
+        without_uid(&s),
+        without_uid(&send(&fresh, &cfg, &shop, "c"))
+    );
+    assert_eq!(
+        without_uid(&o),
+        without_uid(&send(&fresh.clone(), &cfg, &other, "c"))
+    );
+    assert_ne!(without_uid(&o), without_uid(&send(&old, &cfg, &other, "c")));
+
+    // Policies or facts changed: nothing is taken over.
+    let mut changed_policy = old.clone();
+    changed_policy.policies[0].metadata.resource_version = Some("2".into());
+    let mut changed_facts = old.clone();
+    changed_facts.facts = facts(true);
+    for mut snap in [changed_policy, changed_facts] {
+        snap.carry_over(&old);
+        assert!(snap.memo.is_empty() && snap.inputs.is_empty());
+        assert!(!send(&snap, &cfg, &shop, "d").memo_hit);
+    }
 }
 
 #[test]
