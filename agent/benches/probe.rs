@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kubetune_agent::probe::Probe;
+use kubetune_agent::probe::{without_syscall_tracepoints, Probe};
 use kubetune_test_support::netns::{self, NamedNetns};
 
 fn main() {
@@ -345,47 +345,61 @@ const SYSCALLS_PER_CONNECTION: f64 = 6.0;
 /// What an attached syscall tracepoint costs every other system call on the node: while any
 /// `syscalls:*` tracepoint is attached, every thread's system calls take the kernel's
 /// syscall-tracing path (the per-syscall filter runs there, so `getppid` pays although only
-/// `listen` is traced). One pinned thread calls `getppid` in alternating 0.2 s phases, detached
-/// and with the agent's `listen()` tracepoints attached; the difference in CPU per call, times
+/// `listen` is traced). One pinned thread calls `getppid` in rotating 0.2 s phases: detached,
+/// with the agent's `listen()` tracepoints attached, and with what the agent attaches under
+/// `--no-syscall-tracepoints` (which should cost nothing here); the difference in CPU per call, times
 /// the connection workload's system calls per connection, is the share of a connection those
 /// tracepoints cost — resolved far more finely than the connection loop itself can show it.
 fn syscall_overhead() {
+    // The attached phases, each against the detached phase of the same round.
+    const ATTACHED: [(&str, HookFilter); 2] = [
+        (
+            "listen() tracepoints attached (the agent's default on this tier)",
+            |h| h.starts_with("tracepoint/syscalls/"),
+        ),
+        (
+            "the agent's hooks with --no-syscall-tracepoints",
+            without_syscall_tracepoints,
+        ),
+    ];
     let rounds = rounds();
     let phase = Duration::from_millis(200);
-    let mut diffs = Vec::new();
-    let mut ratios = Vec::new();
+    let mut diffs = [Vec::new(), Vec::new()];
+    let mut ratios = [Vec::new(), Vec::new()];
     let mut detached_ns = Vec::new();
     for round in 0..rounds {
-        let mut per_call = [0f64; 2];
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for attached in order {
-            let probe = attached.then(|| {
-                Probe::load_selected(&|h: &str| h.starts_with("tracepoint/syscalls/"))
+        // Phase order rotates: detached first, second or last.
+        let mut order = [None, Some(0), Some(1)];
+        order.rotate_left(round % 3);
+        let mut per_call = [0f64; 3];
+        for variant in order {
+            let probe = variant.map(|v| {
+                Probe::load_selected(&ATTACHED[v].1)
                     .expect("probe must load for the overhead benchmark")
             });
-            per_call[attached as usize] = getppid_ns(phase);
+            per_call[variant.map_or(0, |v| v + 1)] = getppid_ns(phase);
             drop(probe);
         }
-        diffs.push(per_call[1] - per_call[0]);
-        ratios.push(per_call[1] / per_call[0]);
+        for v in 0..ATTACHED.len() {
+            diffs[v].push(per_call[v + 1] - per_call[0]);
+            ratios[v].push(per_call[v + 1] / per_call[0]);
+        }
         detached_ns.push(per_call[0]);
     }
-    let (dm, dci) = mean_ci95(&diffs);
-    let (rm, rci) = mean_ci95(&ratios);
-    println!("syscall-tracing path (getppid in one pinned thread, {rounds} rounds of 0.2 s phases, detached vs listen() tracepoints attached, order alternating):");
+    println!("syscall-tracing path (getppid in one pinned thread, {rounds} rounds of 0.2 s phases, detached vs attached, order rotating):");
     println!(
-        "  detached {:.1} ns per getppid (median); attached - detached {dm:.1} +/- {dci:.1} ns per system call (95 % CI), ratio {rm:.3} +/- {rci:.3}",
+        "  detached {:.1} ns per getppid (median)",
         median(&mut detached_ns)
     );
-    println!(
-        "  -> for the connection workload ({SYSCALLS_PER_CONNECTION} system calls per connection): {:.2} +/- {:.2} us per connection",
-        dm * SYSCALLS_PER_CONNECTION / 1e3,
-        dci * SYSCALLS_PER_CONNECTION / 1e3
-    );
+    for (v, (name, _)) in ATTACHED.iter().enumerate() {
+        let (dm, dci) = mean_ci95(&diffs[v]);
+        let (rm, rci) = mean_ci95(&ratios[v]);
+        println!(
+            "  {name}: attached - detached {dm:.1} +/- {dci:.1} ns per system call (95 % CI), ratio {rm:.3} +/- {rci:.3}; for the connection workload ({SYSCALLS_PER_CONNECTION} system calls per connection) {:.2} +/- {:.2} us per connection",
+            dm * SYSCALLS_PER_CONNECTION / 1e3,
+            dci * SYSCALLS_PER_CONNECTION / 1e3
+        );
+    }
 }
 
 /// CPU nanoseconds per `getppid` call, calling it in a thread pinned to the last CPU for `d`.

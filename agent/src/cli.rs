@@ -36,6 +36,13 @@ pub struct Common {
     /// Window for queue max / recent overflows / slow-accept detection (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
+    /// Do not attach the `listen()` syscall tracepoints (they add ~50 ns to every system call
+    /// on the node where `fexit/inet_listen` does not load; without them requested backlogs are
+    /// unknown there and every scan samples every netns in full).
+    /// Env: KUBETUNE_NO_SYSCALL_TRACEPOINTS=1.
+    #[arg(long, env = "KUBETUNE_NO_SYSCALL_TRACEPOINTS", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_syscall_tracepoints: bool,
     /// eBPF tiers: sample every netns in full this often; in between, a scan re-reads only
     /// queue lengths and counters of namespaces no listen() event named (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]

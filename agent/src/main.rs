@@ -10,10 +10,10 @@ use kubetune_agent::scanner::{EbpfMode, Scanner, ScannerConfig};
 fn scanner(common: &Common) -> Scanner {
     Scanner::new(ScannerConfig {
         window: common.window,
-        ebpf: if common.no_ebpf {
-            EbpfMode::Off
-        } else {
-            EbpfMode::Auto
+        ebpf: match (common.no_ebpf, common.no_syscall_tracepoints) {
+            (true, _) => EbpfMode::Off,
+            (false, true) => EbpfMode::NoSyscallTracepoints,
+            (false, false) => EbpfMode::Auto,
         },
         resync: common.resync,
     })

@@ -13,7 +13,9 @@
 //!   counters. So queue lengths, overflows and closes are still seen every scan; a listener
 //!   that no event announced (io_uring `IORING_OP_LISTEN`, lost events) waits for the resync.
 //!   Listeners found closed have their eBPF map entries removed ([`Probe::forget`]).
-//! * **sock-diag tier** (no eBPF, no events): a full sample of every netns every scan.
+//! * **sock-diag tier** (no eBPF, no events), and an eBPF tier without a `listen()` hook
+//!   ([`EbpfMode::NoSyscallTracepoints`] where `fexit/inet_listen` does not load): a full sample
+//!   of every netns every scan.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -39,6 +41,11 @@ pub enum EbpfMode {
     Auto,
     /// Never load eBPF (fallback mode).
     Off,
+    /// Load the probe when possible, without the `listen()` syscall tracepoints
+    /// ([`crate::probe::without_syscall_tracepoints`]): no cost on other system calls, but where
+    /// `fexit/inet_listen` does not load either, no `listen()` is seen (requested backlogs
+    /// unknown, every scan samples every netns in full).
+    NoSyscallTracepoints,
 }
 
 /// Scanner settings.
@@ -445,7 +452,9 @@ impl Scanner {
                 None,
                 Some("eBPF disabled (--no-ebpf / KUBETUNE_NO_EBPF)".to_string()),
             ),
-            EbpfMode::Auto => match Probe::load() {
+            EbpfMode::Auto | EbpfMode::NoSyscallTracepoints => match Probe::load_selected(&|hook| {
+                cfg.ebpf == EbpfMode::Auto || crate::probe::without_syscall_tracepoints(hook)
+            }) {
                 Ok(p) => (Some(p), None),
                 Err(e) => {
                     warn!(error = %e, "eBPF unavailable; fallback mode (sock_diag + procfs)");
@@ -522,7 +531,8 @@ impl Scanner {
     /// (see the module docs).
     pub fn scan(&mut self) -> Snapshot {
         let refs = netns::enumerate();
-        let incremental = self.probe.is_some();
+        // Re-reads between full samples rely on listen() events to announce new listeners.
+        let incremental = self.probe.as_ref().is_some_and(Probe::sees_listens);
         self.sample(refs, true, incremental)
     }
 

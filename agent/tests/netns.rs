@@ -499,6 +499,70 @@ fn ebpf_tier_periodic_scan_rereads_unchanged_netns_and_still_sees_queues_listene
     assert_eq!(listener(&obs, a.port()).queue_now, 17);
 }
 
+/// `EbpfMode::NoSyscallTracepoints` (`--no-syscall-tracepoints`): no syscall tracepoint is
+/// attached. Where `fexit/inet_listen` does not load either (as on the test machines) no
+/// `listen()` is seen: the requested backlog is unknown, and every periodic scan samples the
+/// netns in full, so a listener created after a scan is reported by the next one; queues and
+/// overflows are counted as before.
+#[test]
+fn ebpf_without_syscall_tracepoints_samples_every_netns_in_full() {
+    require_root!();
+    if ebpf_scanner().is_none() {
+        return;
+    }
+    let mut sc = Scanner::new(ScannerConfig {
+        window: Duration::from_secs(60),
+        ebpf: EbpfMode::NoSyscallTracepoints,
+        ..Default::default()
+    });
+    let probe = sc
+        .probe()
+        .expect("the probe loads without the syscall tracepoints");
+    let syscall_hooks: Vec<_> = probe
+        .hooks()
+        .iter()
+        .filter(|h| h.hook.starts_with("tracepoint/syscalls/"))
+        .collect();
+    assert_eq!(syscall_hooks.len(), 2, "{:?}", probe.hooks());
+    assert!(
+        syscall_hooks.iter().all(|h| !h.attached),
+        "{syscall_hooks:?}"
+    );
+    if probe.sees_listens() {
+        eprintln!("fexit/inet_listen attached: listen() is seen without syscall tracepoints");
+        return;
+    }
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("nst"), 128).unwrap();
+    let a = ns
+        .spawn_listener(ListenerSpec::never_accepting(511))
+        .unwrap();
+    let (first, kinds) = periodic_ns(&mut sc, &ns);
+    assert!(kinds.full > 0 && kinds.reread == 0, "{kinds:?}");
+    let l = listener(&first, a.port());
+    assert_eq!(
+        l.requested_backlog, None,
+        "no listen() hook, no requested backlog"
+    );
+    assert_eq!(l.effective_backlog, 128);
+
+    let _burst = ns.burst(a.port(), 200, Duration::from_millis(500)).unwrap();
+    let (obs, kinds) = periodic_ns(&mut sc, &ns);
+    assert_eq!(
+        kinds.reread, 0,
+        "no re-reads without listen() events: {kinds:?}"
+    );
+    let l = listener(&obs, a.port());
+    assert_eq!(l.queue_now, 129);
+    assert_eq!(l.samples, 2, "history kept across full samples");
+    assert_eq!(l.diagnosis, Diagnosis::SomaxconnBound);
+    check_ground_truth(&ns, &obs, l);
+
+    let b = ns.spawn_listener(ListenerSpec::never_accepting(8)).unwrap();
+    let (obs, _) = periodic_ns(&mut sc, &ns);
+    let l = listener(&obs, b.port());
+    assert_eq!((l.requested_backlog, l.effective_backlog), (None, 8));
+}
+
 #[test]
 fn report_spec_from_observation() {
     require_root!();

@@ -168,6 +168,15 @@ const HOOK_LISTEN_FEXIT: &str = "fexit/inet_listen";
 const HOOK_KFREE: &str = "tp_btf/kfree_skb";
 const HOOK_FENTRY: &str = "fentry/tcp_conn_request";
 
+/// Hook selection for [`Probe::load_selected`]: every hook but the `listen()` syscall
+/// tracepoints. While any syscall tracepoint is attached, the kernel sends every system call of
+/// every process on the node through its syscall-tracing path (~50 ns each, agent/BENCHMARKS.md);
+/// without them, on a kernel where `fexit/inet_listen` does not load, no `listen()` is seen:
+/// requested backlogs are unknown and the scanner samples every netns in full every scan.
+pub fn without_syscall_tracepoints(hook: &str) -> bool {
+    hook != HOOK_ENTER && hook != HOOK_EXIT
+}
+
 /// Every hook [`Probe::load_selected`] knows, in attach order.
 pub const HOOKS: [&str; 5] = [
     HOOK_LISTEN_FEXIT,
@@ -257,6 +266,9 @@ impl Probe {
                 .ok()
         });
         info!(tier = tier.as_str(), reason = %tier_reason(tier, &hooks, None), "probe loaded");
+        if !fexit_listen && !selected(HOOK_ENTER) {
+            info!("no listen() hook (syscall tracepoints not selected): requested backlogs unknown, every scan samples every netns in full");
+        }
         drop(btf);
         drop(kbtf);
         release_heap();
@@ -271,6 +283,14 @@ impl Probe {
     /// Active tier ([`Tier::EbpfFentry`] or [`Tier::EbpfTracepoint`]).
     pub fn tier(&self) -> Tier {
         self.tier
+    }
+
+    /// True when a `listen()` hook is attached (`fexit/inet_listen`, or both syscall
+    /// tracepoints): the probe records each `listen()` (with the backlog the application asked
+    /// for) and announces it as an event.
+    pub fn sees_listens(&self) -> bool {
+        let on = |hook: &str| self.hooks.iter().any(|h| h.hook == hook && h.attached);
+        on(HOOK_LISTEN_FEXIT) || (on(HOOK_ENTER) && on(HOOK_EXIT))
     }
 
     /// Per-hook attach results.
