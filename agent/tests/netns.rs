@@ -554,6 +554,11 @@ fn ebpf_without_syscall_tracepoints_samples_every_netns_in_full() {
     let l = listener(&obs, a.port());
     assert_eq!(l.queue_now, 129);
     assert_eq!(l.samples, 2, "history kept across full samples");
+    assert_eq!(
+        l.limited_by,
+        LimitedBy::Unknown,
+        "capped at somaxconn, request unknown"
+    );
     assert_eq!(l.diagnosis, Diagnosis::SomaxconnBound);
     check_ground_truth(&ns, &obs, l);
 
