@@ -75,7 +75,8 @@ impl Snapshot {
         };
         self.memo = old.memo.carried(same);
         self.inputs = old.inputs.carried(same);
-        self.namespace_policies = old.namespace_policies.carried();
+        let exists = |ns: &str| self.namespaces.contains_key(ns);
+        self.namespace_policies = old.namespace_policies.carried(exists);
     }
 }
 
@@ -139,10 +140,23 @@ impl Clone for NamespaceIndex {
 }
 
 impl NamespaceIndex {
-    /// The same index, for a snapshot with the same policies.
-    fn carried(&self) -> Self {
+    /// The same index, for a snapshot with the same policies, without the namespaces `keep`
+    /// refuses (those gone from the cache: repeated carrying must not collect every namespace
+    /// ever seen).
+    fn carried(&self, keep: impl Fn(&str) -> bool) -> Self {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        Self(Mutex::new(m.clone()))
+        let kept = m.iter().filter(|(ns, _)| keep(ns));
+        Self(Mutex::new(
+            kept.map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ))
+    }
+    /// Number of namespaces indexed.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+    /// True when no namespace is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     /// What planning reads of the policies of `policies` that can select pods of `namespace`.
     pub fn of(&self, policies: &[TuningPolicy], namespace: &str) -> Arc<NamespacePlanning> {

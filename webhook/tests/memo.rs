@@ -268,7 +268,17 @@ fn a_snapshot_that_changed_only_namespaces_keeps_what_still_holds() {
         ),
     ]);
     assert!(!new.same_inputs(&old));
+    assert_eq!(old.namespace_policies.len(), 2, "shop and other indexed");
     new.carry_over(&old);
+    assert_eq!(new.namespace_policies.len(), 2, "both still exist");
+    let mut without_other = new.clone();
+    without_other.namespaces.remove("other");
+    without_other.carry_over(&new);
+    assert_eq!(
+        without_other.namespace_policies.len(),
+        1,
+        "a deleted namespace is dropped"
+    );
     let fresh = new.clone();
     let (s, o) = (send(&new, &cfg, &shop, "c"), send(&new, &cfg, &other, "c"));
     assert!(s.memo_hit, "shop did not change");
