@@ -8,9 +8,10 @@
 //!
 //! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::plan_input`] narrows
 //! it further to what they read once the policies that select the pod are known (kubetune's own
-//! annotations; not the labels or the name), and [`PodSubset::key`] is that input's canonical
-//! JSON, with the selecting policies the key of the plan-input memo. [`PodSubset::into_pod`] gives an ordinary `Pod` with just those fields, so
-//! the planner and the patch builder keep their typed API.
+//! annotations; not the labels or the name), and [`PodSubset::write_key`] writes that input's
+//! canonical JSON, which with the selecting policies is the key of the plan-input memo.
+//! [`PodSubset::into_pod`] gives an ordinary `Pod` with just those fields, so the planner and the
+//! patch builder keep their typed API.
 
 use std::collections::BTreeMap;
 
