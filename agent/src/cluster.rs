@@ -443,6 +443,7 @@ mod apply_tests {
         };
         Snapshot {
             tier: Tier::EbpfTracepoint,
+            listen_events: true,
             fallback_reason: None,
             observed_at: at.into(),
             window_seconds: 60,

@@ -448,6 +448,7 @@ mod tests {
     fn pod_snapshot(n: u64, uid: Option<&str>) -> Snapshot {
         let mut snap = Snapshot {
             tier: crate::probe::Tier::EbpfTracepoint,
+            listen_events: true,
             fallback_reason: None,
             observed_at: "t".into(),
             window_seconds: 60,

@@ -11,6 +11,9 @@
 //! * `kubetune_netns_somaxconn` (gauge) and `kubetune_netns_listen_overflows_total` (counter,
 //!   `TcpExt ListenOverflows`) per network namespace.
 //! * `kubetune_agent_info{tier}` (gauge, 1).
+//! * `kubetune_agent_listen_events_enabled` (gauge, 1 when a `listen()` hook records requested
+//!   backlogs and announces new listeners; 0 on the `sock-diag` tier and under
+//!   `--no-syscall-tracepoints` where `fexit/inet_listen` does not load).
 //! * `kubetune_agent_scan_duration_seconds` (gauge): wall time of the latest scan;
 //!   `kubetune_agent_scan_cpu_seconds_total` (counter): CPU time the scan thread spent scanning
 //!   (its `rate()` is the fraction of a core the scans cost, re-samples included);
@@ -38,6 +41,7 @@ use crate::scanner::Snapshot;
 /// `_total`); tests check that alert rules only use these.
 pub const METRIC_NAMES: &[&str] = &[
     "kubetune_agent_info",
+    "kubetune_agent_listen_events_enabled",
     "kubetune_listen_overflows_total",
     "kubetune_listen_queue_length",
     "kubetune_listen_queue_max",
@@ -196,6 +200,13 @@ impl Collector for SnapshotCollector {
             "Agent observation tier (1).",
             &info,
         )?;
+        let m = enc.encode_descriptor(
+            "kubetune_agent_listen_events_enabled",
+            "1 when a listen() hook records requested backlogs and announces new listeners.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(snap.listen_events)).encode(m)?;
         encode_scan_cost(&mut enc, &st.scan_cost)?;
         encode_detection(&mut enc, &st.detection)?;
         counters(
@@ -397,6 +408,7 @@ mod tests {
         };
         Snapshot {
             tier: Tier::EbpfTracepoint,
+            listen_events: true,
             fallback_reason: None,
             observed_at: "2026-01-01T00:00:00Z".into(),
             window_seconds: 60,
@@ -477,6 +489,7 @@ mod tests {
             r#"kubetune_netns_somaxconn{namespace="shop",pod="web-0",netns="4026532999"} 128"#.to_string(),
             r#"kubetune_netns_listen_overflows_total{namespace="shop",pod="web-0",netns="4026532999"} 42"#.to_string(),
             r#"kubetune_agent_info{tier="ebpf-tracepoint"} 1"#.to_string(),
+            "kubetune_agent_listen_events_enabled 1".to_string(),
             "kubetune_agent_scan_duration_seconds 0.5".to_string(),
             "kubetune_agent_scan_cpu_seconds_total 0.375".to_string(),
             "kubetune_agent_scans_total 2".to_string(),

@@ -158,6 +158,10 @@ pub struct NetnsObservation {
 pub struct Snapshot {
     /// Active tier.
     pub tier: Tier,
+    /// A `listen()` hook is attached ([`Probe::sees_listens`]): requested backlogs are known
+    /// and new listeners are announced. False on the `sock-diag` tier and, where
+    /// `fexit/inet_listen` does not load, under `--no-syscall-tracepoints`.
+    pub listen_events: bool,
     /// Why eBPF is not in use, in fallback mode.
     pub fallback_reason: Option<String>,
     /// RFC 3339 time of the scan.
@@ -661,6 +665,7 @@ impl Scanner {
         crate::probe::release_heap();
         Snapshot {
             tier: self.tier(),
+            listen_events: self.probe.as_ref().is_some_and(Probe::sees_listens),
             fallback_reason: self.fallback_reason.clone(),
             observed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             window_seconds: self.window.as_secs() as i64,

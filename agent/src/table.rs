@@ -88,7 +88,12 @@ pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     match &s.fallback_reason {
         None => {
-            let _ = writeln!(out, "# tier: {} (eBPF)", s.tier);
+            let hook = if s.listen_events {
+                ""
+            } else {
+                ", no listen() hook: requested backlogs unknown"
+            };
+            let _ = writeln!(out, "# tier: {} (eBPF{hook})", s.tier);
         }
         Some(r) => {
             let _ = writeln!(out, "# tier: {} (fallback mode: {r})", s.tier);

@@ -95,6 +95,7 @@ fn check_ground_truth(ns: &NamedNetns, obs: &NetnsObservation, l: &ListenerObser
 fn somaxconn_bound() {
     require_root!();
     let Some(mut sc) = ebpf_scanner() else { return };
+    assert!(sc.scan().listen_events, "the default probe sees listen()");
     let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("smx"), 128).unwrap();
     let lst = ns
         .spawn_listener(ListenerSpec::never_accepting(511))
@@ -532,6 +533,10 @@ fn ebpf_without_syscall_tracepoints_samples_every_netns_in_full() {
         eprintln!("fexit/inet_listen attached: listen() is seen without syscall tracepoints");
         return;
     }
+    assert!(
+        !sc.scan().listen_events,
+        "the snapshot says listen() is not seen"
+    );
     let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("nst"), 128).unwrap();
     let a = ns
         .spawn_listener(ListenerSpec::never_accepting(511))
