@@ -1552,6 +1552,59 @@ fn deployments_selected_by_the_same_policies_get_the_same_decision() {
     );
 }
 
+/// Each agent says on its `/metrics` (read through the apiserver's pod proxy) which tier it runs
+/// and whether a `listen()` hook is attached: with the shipped arguments every eBPF tier sees
+/// `listen()` (`fexit/inet_listen`, or the `listen()` syscall tracepoints) and the `sock-diag`
+/// tier does not; `--no-syscall-tracepoints` would turn it off on a tracepoint-tier node.
+#[test]
+fn agents_export_their_tier_and_whether_they_see_listen() {
+    let Some((_g, _ns)) = setup("agentmetrics", &[]) else {
+        return;
+    };
+    let pods = get_json(&[
+        "-n",
+        "kubetune-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=kubetune-agent",
+        "-o",
+        "json",
+    ]);
+    let names: Vec<String> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"]["phase"] == "Running")
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    assert!(!names.is_empty(), "no running agent: {pods}");
+    let value = |text: &str, prefix: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_string)
+    };
+    for name in names {
+        let path = format!("/api/v1/namespaces/kubetune-system/pods/{name}:9101/proxy/metrics");
+        // The metrics render the latest scan: wait for the first one.
+        let text = wait_for(
+            &format!("{name}'s metrics"),
+            Duration::from_secs(60),
+            || {
+                let text = kubectl(&["get", "--raw", &path], None).ok()?;
+                value(&text, "kubetune_agent_listen_events_enabled ")?;
+                Some(text)
+            },
+        );
+        let tier = value(&text, "kubetune_agent_info{tier=\"")
+            .and_then(|r| r.split('"').next().map(str::to_string))
+            .unwrap_or_else(|| panic!("{name}: no kubetune_agent_info\n{text}"));
+        let enabled = value(&text, "kubetune_agent_listen_events_enabled ").unwrap_or_default();
+        let want = if tier == "sock-diag" { "0" } else { "1" };
+        assert_eq!(enabled.trim(), want, "{name} (tier {tier})\n{text}");
+    }
+}
+
 #[test]
 fn rollout_policy_restarts_a_running_deployment_once() {
     let Some((_g, ns)) = setup("rollout", &[]) else {
