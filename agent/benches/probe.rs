@@ -195,7 +195,7 @@ type HookFilter = fn(&str) -> bool;
 const VARIANTS: [(&str, HookFilter); 3] = [
     ("all hooks (what the agent attaches)", |_| true),
     ("listen() syscall tracepoints only", |h| {
-        h.starts_with("tracepoint/syscalls/")
+        !without_syscall_tracepoints(h)
     }),
     ("tp_btf/kfree_skb only", |h| h == "tp_btf/kfree_skb"),
 ];
@@ -355,7 +355,7 @@ fn syscall_overhead() {
     const ATTACHED: [(&str, HookFilter); 2] = [
         (
             "listen() tracepoints attached (the agent's default on this tier)",
-            |h| h.starts_with("tracepoint/syscalls/"),
+            |h| !without_syscall_tracepoints(h),
         ),
         (
             "the agent's hooks with --no-syscall-tracepoints",

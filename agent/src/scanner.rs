@@ -536,8 +536,13 @@ impl Scanner {
     pub fn scan(&mut self) -> Snapshot {
         let refs = netns::enumerate();
         // Re-reads between full samples rely on listen() events to announce new listeners.
-        let incremental = self.probe.as_ref().is_some_and(Probe::sees_listens);
+        let incremental = self.listen_events();
         self.sample(refs, true, incremental)
+    }
+
+    /// True when the probe is loaded with a `listen()` hook ([`Probe::sees_listens`]).
+    pub fn listen_events(&self) -> bool {
+        self.probe.as_ref().is_some_and(Probe::sees_listens)
     }
 
     /// A full sample of the given namespaces only (as found by [`netns::enumerate`]);
@@ -665,7 +670,7 @@ impl Scanner {
         crate::probe::release_heap();
         Snapshot {
             tier: self.tier(),
-            listen_events: self.probe.as_ref().is_some_and(Probe::sees_listens),
+            listen_events: self.listen_events(),
             fallback_reason: self.fallback_reason.clone(),
             observed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             window_seconds: self.window.as_secs() as i64,

@@ -37,7 +37,8 @@ pub struct Snapshot {
     /// `kubetune-cluster-facts` ConfigMap override.
     pub facts: ClusterFacts,
     /// Answers already computed against this snapshot, by review body but its uid (starts
-    /// empty; see [`ReviewMemo`]): replicas of one pod template.
+    /// empty, or with what [`Snapshot::carry_over`] keeps; see [`ReviewMemo`]): replicas of one
+    /// pod template.
     pub memo: ReviewMemo,
     /// The same, by the policies that select the pod and its plan input
     /// ([`PodSubset::plan_input`]): pods that differ only in what kubetune does not read, e.g.

@@ -25,7 +25,9 @@ pub const MEMO_UID_OFFSETS: usize = 4;
 /// JSON of the pod's plan input
 /// ([`PodSubset::plan_input`](crate::podview::PodSubset::plan_input)): exactly what plan and
 /// patch are computed from, so a hit there is exact. A new snapshot (any policy, namespace or
-/// cluster-facts change) comes with empty memos, so nothing outlives what it was computed from.
+/// cluster-facts change) comes with empty memos, or — when only namespaces changed — with the
+/// entries of the unchanged namespaces ([`PlanMemo::carried`]), so nothing outlives what it was
+/// computed from.
 /// Bounded: [`MEMO_CAPACITY`] keys, [`MEMO_MAX_BYTES`] in all, keys of at most
 /// [`MEMO_MAX_OBJECT_BYTES`].
 #[derive(Default)]
@@ -42,6 +44,7 @@ struct MemoInner {
     bytes: usize,
 }
 
+#[derive(Clone)]
 struct MemoEntry {
     scope: Box<str>,
     key: Box<[u8]>,
@@ -139,11 +142,7 @@ impl PlanMemo {
             let kept: Vec<MemoEntry> = bucket
                 .iter()
                 .filter(|e| keep(&e.planned))
-                .map(|e| MemoEntry {
-                    scope: e.scope.clone(),
-                    key: e.key.clone(),
-                    planned: e.planned.clone(),
-                })
+                .cloned()
                 .collect();
             if kept.is_empty() {
                 continue;
