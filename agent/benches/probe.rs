@@ -346,7 +346,7 @@ const SYSCALLS_PER_CONNECTION: f64 = 6.0;
 /// `syscalls:*` tracepoint is attached, every thread's system calls take the kernel's
 /// syscall-tracing path (the per-syscall filter runs there, so `getppid` pays although only
 /// `listen` is traced). One pinned thread calls `getppid` in rotating 0.2 s phases: detached,
-/// with the agent's `listen()` tracepoints attached, and with what the agent attaches under
+/// with the agent's `sys_enter_listen` tracepoint attached, and with what the agent attaches under
 /// `--no-syscall-tracepoints` (which should cost nothing here); the difference in CPU per call, times
 /// the connection workload's system calls per connection, is the share of a connection those
 /// tracepoints cost — resolved far more finely than the connection loop itself can show it.
@@ -354,7 +354,7 @@ fn syscall_overhead() {
     // The attached phases, each against the detached phase of the same round.
     const ATTACHED: [(&str, HookFilter); 2] = [
         (
-            "listen() tracepoints attached (the agent's default on this tier)",
+            "sys_enter_listen attached (the agent's default on this tier)",
             |h| !without_syscall_tracepoints(h),
         ),
         (

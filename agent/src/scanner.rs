@@ -767,7 +767,10 @@ impl Scanner {
                 inode: d.inode,
             };
             seen.insert(lid);
-            let bpf = (bpf_listeners.get(&key), bpf_overflows.get(&key).copied());
+            let bpf = (
+                listen_record(bpf_listeners.get(&key), d),
+                bpf_overflows.get(&key).copied(),
+            );
             listeners.push(self.observe_listener(lid, d, &raw, now, bpf, owners.get(&d.inode)));
         }
         listeners.sort_by_key(|l| (l.port, l.address));
@@ -868,6 +871,14 @@ impl Scanner {
             samples: w.samples,
         }
     }
+}
+
+/// The probe's `listen()` record of `d`, when it describes `d`: the record is made as the
+/// call starts (`sys_enter_listen`), so a call that then failed on a socket bound to the same
+/// address and port (two `SO_REUSEADDR` sockets bound before either listened) may have
+/// overwritten the listener's own. The backlog it computed must be the one the kernel gave `d`.
+fn listen_record<'a>(info: Option<&'a ListenInfo>, d: &DiagListener) -> Option<&'a ListenInfo> {
+    info.filter(|i| i.effective_backlog == d.max_backlog)
 }
 
 /// The eBPF map key of a listener that sock_diag reported in `raw`'s netns.

@@ -425,6 +425,141 @@ fn ebpf_tier_listen_events_ack_phase_overflows_and_close() {
     );
 }
 
+/// The tracepoint tier records `listen()` as the call starts (no exit tracepoint): only calls
+/// that can succeed are recorded, a record a failed call left behind is not taken for the
+/// listener's own, and the backlog the kernel will give is `min(backlog, somaxconn)`.
+#[test]
+fn ebpf_tier_records_listens_as_they_start_and_never_trusts_a_failed_ones_record() {
+    require_root!();
+    let Some(mut sc) = ebpf_scanner() else { return };
+    let ns = NamedNetns::create_with_somaxconn(&NamedNetns::unique_name("lsn"), 256).unwrap();
+    let ports = ns.run(listen_cases).unwrap();
+    let obs = scan_ns(&mut sc, &ns);
+
+    // Clamped at entry exactly as the kernel clamps.
+    let clamped = listener(&obs, ports.clamped);
+    assert_eq!(
+        (clamped.requested_backlog, clamped.effective_backlog),
+        (Some(100_000), 256)
+    );
+    assert_eq!(clamped.limited_by, LimitedBy::Somaxconn);
+    // The second SO_REUSEADDR socket's listen(5) failed (EADDRINUSE) after its record was made:
+    // the listener's requested backlog is unknown, never 5.
+    let shared = listener(&obs, ports.shared);
+    assert_eq!(
+        (shared.requested_backlog, shared.effective_backlog),
+        (None, 64),
+        "{shared:#?}"
+    );
+    // listen() that binds its own port: not recorded (the port is chosen as the call runs).
+    let autobound = listener(&obs, ports.autobound);
+    assert_eq!(
+        (autobound.requested_backlog, autobound.effective_backlog),
+        (None, 9)
+    );
+    // listen() on a UDP socket fails: nothing recorded under its port.
+    let recorded = sc.probe_mut().unwrap().listeners().unwrap();
+    let cookie = ns.cookie().unwrap();
+    let in_ns = |port: u16| {
+        recorded
+            .keys()
+            .any(|k| k.netns_cookie == cookie && k.port == port)
+    };
+    assert!(!in_ns(ports.udp) && !in_ns(ports.autobound));
+    assert!(in_ns(ports.clamped) && in_ns(ports.shared));
+    drop(ports);
+}
+
+/// Sockets of [`ebpf_tier_records_listens_as_they_start_and_never_trusts_a_failed_ones_record`]
+/// (kept open until dropped).
+struct ListenCases {
+    clamped: u16,
+    shared: u16,
+    autobound: u16,
+    udp: u16,
+    _fds: Vec<std::os::fd::OwnedFd>,
+}
+
+/// In the current netns: `listen(100000)` on a bound socket; two `SO_REUSEADDR` sockets bound
+/// to one port, the first listening with 64 and the second's `listen(5)` failing; `listen(9)`
+/// on an unbound socket; `listen(7)` on a bound UDP socket (fails).
+fn listen_cases() -> ListenCases {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let sock = |kind: i32, port: u16| -> OwnedFd {
+        // SAFETY: socket(2), the fd owned at once; setsockopt and bind get valid pointers.
+        unsafe {
+            let fd = OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, kind, 0));
+            let one: i32 = 1;
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const i32).cast(),
+                4,
+            );
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            assert_eq!(
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    len
+                ),
+                0
+            );
+            fd
+        }
+    };
+    let port_of = |fd: &OwnedFd| -> u16 {
+        // SAFETY: getsockname(2) into a sockaddr_in of the right size.
+        unsafe {
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_in).cast(),
+                &mut len,
+            );
+            u16::from_be(addr.sin_port)
+        }
+    };
+    let listen = |fd: &OwnedFd, backlog: i32| -> std::io::Result<()> {
+        // SAFETY: listen(2) on an owned fd.
+        match unsafe { libc::listen(fd.as_raw_fd(), backlog) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    let clamped = sock(libc::SOCK_STREAM, 0);
+    listen(&clamped, 100_000).unwrap();
+    let first = sock(libc::SOCK_STREAM, 0);
+    let shared = port_of(&first);
+    let second = sock(libc::SOCK_STREAM, shared);
+    listen(&first, 64).unwrap();
+    let e = listen(&second, 5).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+    // SAFETY: socket(2), the fd owned at once.
+    let unbound =
+        unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0)) };
+    listen(&unbound, 9).unwrap();
+    let udp = sock(libc::SOCK_DGRAM, 0);
+    assert!(listen(&udp, 7).is_err());
+    ListenCases {
+        clamped: port_of(&clamped),
+        shared,
+        autobound: port_of(&unbound),
+        udp: port_of(&udp),
+        _fds: vec![clamped, first, second, unbound, udp],
+    }
+}
+
 /// `ns`'s observation in a periodic scan (every netns; the eBPF tiers re-read unchanged ones).
 fn periodic_ns(sc: &mut Scanner, ns: &NamedNetns) -> (NetnsObservation, SampleKinds) {
     let ino = ns.inode().unwrap();
@@ -524,7 +659,7 @@ fn ebpf_without_syscall_tracepoints_samples_every_netns_in_full() {
         .iter()
         .filter(|h| h.hook.starts_with("tracepoint/syscalls/"))
         .collect();
-    assert_eq!(syscall_hooks.len(), 2, "{:?}", probe.hooks());
+    assert_eq!(syscall_hooks.len(), 1, "{:?}", probe.hooks());
     assert!(
         syscall_hooks.iter().all(|h| !h.attached),
         "{syscall_hooks:?}"

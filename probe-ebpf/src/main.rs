@@ -3,12 +3,19 @@
 //! Tiers (the agent detects per hook at load time which ones the kernel accepts):
 //!
 //! * **tracepoint tier** (works on kernels that only allow tracepoints, e.g. this project's CI):
-//!   - `tracepoint/syscalls/sys_enter_listen` + `sys_exit_listen`: every successful `listen()`
-//!     with pid, comm, cgroup id, netns identity, address family, local address/port, the
-//!     requested backlog, the effective `sk_max_ack_backlog` and the netns's `somaxconn`.
-//!     Misses io_uring `IORING_OP_LISTEN` (no syscall). Attached only when `fexit/inet_listen`
-//!     (below) is refused: an attached syscall tracepoint sends every syscall of every task
-//!     through the kernel's syscall-tracing path.
+//!   - `tracepoint/syscalls/sys_enter_listen`: every `listen()` on a bound, unconnected stream
+//!     socket, recorded as the call starts, with pid, comm, cgroup id, netns identity, address
+//!     family, local address/port, the requested backlog, the backlog the kernel will give it
+//!     (`min(backlog, somaxconn)`, the clamp `__sys_listen` applies before the protocol's
+//!     `listen`) and the netns's `somaxconn`. There is no `sys_exit_listen` program: an exit
+//!     tracepoint roughly doubles what every syscall of every task pays (agent/BENCHMARKS.md), and
+//!     what it added — the return value — is what the agent's scan sees anyway: a call that
+//!     fails leaves no listener with that address, and the scan drops map entries of listeners
+//!     it does not find. A `listen()` that binds its port itself (no `bind()` before) is not
+//!     recorded, as its port is chosen only as the call runs. Misses io_uring
+//!     `IORING_OP_LISTEN` (no syscall). Attached only when `fexit/inet_listen` (below) is
+//!     refused: an attached syscall tracepoint sends every syscall of every task through the
+//!     kernel's syscall-tracing path.
 //!   - `tp_btf/kfree_skb`: final-ACK-phase accept-queue overflows (drop reason
 //!     `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`, numeric value supplied by the agent from BTF),
 //!     counted per listener in the per-CPU hash `OVERFLOWS` — no per-packet userspace work —
@@ -44,15 +51,14 @@ mod programs {
             bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         },
         macros::{btf_tracepoint, fentry, fexit, map, tracepoint},
-        maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+        maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
         programs::{BtfTracePointContext, FEntryContext, FExitContext, TracePointContext},
     };
     use kubetune_probe_common::{
-        Event, ListenInfo, ListenerKey, Offsets, OverflowCounts, PendingListen, AF_INET, AF_INET6,
-        EVENT_LISTEN, EVENT_OVERFLOW, OVERFLOW_EVENT_GAP_NS, STAT_ACK_OVERFLOW, STAT_COUNT,
-        STAT_EVENTS_LOST, STAT_LISTEN_ENTER, STAT_LISTEN_OK, STAT_LISTEN_RESOLVE_FAIL,
-        STAT_OVERFLOW_EVENTS, STAT_OVERFLOW_EVENTS_SUPPRESSED, STAT_OVERFLOW_UNATTRIBUTED,
-        STAT_SYN_OVERFLOW,
+        Event, ListenInfo, ListenerKey, Offsets, OverflowCounts, AF_INET, AF_INET6, EVENT_LISTEN,
+        EVENT_OVERFLOW, OVERFLOW_EVENT_GAP_NS, STAT_ACK_OVERFLOW, STAT_COUNT, STAT_EVENTS_LOST,
+        STAT_LISTEN_ENTER, STAT_LISTEN_OK, STAT_LISTEN_RESOLVE_FAIL, STAT_OVERFLOW_EVENTS,
+        STAT_OVERFLOW_EVENTS_SUPPRESSED, STAT_OVERFLOW_UNATTRIBUTED, STAT_SYN_OVERFLOW,
     };
 
     /// Offsets from the agent (BTF + tracefs). Read-only: the verifier sees constants.
@@ -64,6 +70,8 @@ mod programs {
         fdtable_max_fds: 0,
         file_private_data: 0,
         socket_sk: 0,
+        socket_state: 0,
+        socket_type: 0,
         sk_family: 0,
         sk_num: 0,
         sk_rcv_saddr: 0,
@@ -76,14 +84,9 @@ mod programs {
         net_somaxconn: 0,
         tp_enter_listen_fd: 0,
         tp_enter_listen_backlog: 0,
-        tp_exit_listen_ret: 0,
         listen_overflow_reason: 0,
         valid: 0,
     };
-
-    /// listen() arguments between syscall entry and exit, per thread.
-    #[map]
-    static PENDING: HashMap<u64, PendingListen> = HashMap::with_max_entries(4096, 0);
 
     /// Last listen() seen per listener (bounded LRU: a node with more live listeners than
     /// this loses the requested backlog of the least recently listened ones). Entries of closed
@@ -169,74 +172,74 @@ mod programs {
                 ctx.read_at::<i64>(o.tp_enter_listen_backlog as usize),
             )
         };
-        if let (Ok(fd), Ok(backlog)) = (fd, backlog) {
-            let id = bpf_get_current_pid_tgid();
-            let _ = PENDING.insert(id, PendingListen { fd, backlog }, 0);
-        }
-        0
-    }
-
-    #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
-    pub fn kt_exit_listen(ctx: TracePointContext) -> u32 {
-        let o = offsets();
-        if o.valid != 1 {
+        let (Ok(fd), Ok(backlog)) = (fd, backlog) else {
+            bump(STAT_LISTEN_RESOLVE_FAIL);
             return 0;
-        }
-        let id = bpf_get_current_pid_tgid();
-        // SAFETY: value copied out before the entry is removed.
-        let pending = match unsafe { PENDING.get(id) } {
-            Some(p) => *p,
-            None => return 0,
         };
-        let _ = PENDING.remove(id);
-        // SAFETY: offset from the tracepoint's format file.
-        let ret: i64 = match unsafe { ctx.read_at::<i64>(o.tp_exit_listen_ret as usize) } {
-            Ok(r) => r,
-            Err(_) => return 0,
-        };
-        if ret != 0 {
-            return 0;
-        }
         // SAFETY: kernel pointers are only dereferenced through bpf_probe_read_kernel.
-        match unsafe { resolve_listen(&o, pending, id) } {
+        match unsafe { resolve_listen(&o, fd, backlog as i32) } {
             Ok(()) => bump(STAT_LISTEN_OK),
             Err(_) => bump(STAT_LISTEN_RESOLVE_FAIL),
         }
         0
     }
 
-    /// fd → `struct file` → `struct socket` → `struct sock`, then record the listener.
+    /// `SS_UNCONNECTED` (`enum socket_state`) and `SOCK_STREAM`.
+    const SS_UNCONNECTED: u32 = 1;
+    const SOCK_STREAM: u16 = 1;
+
+    /// fd → `struct file` → `struct socket` → `struct sock` as `listen(fd, backlog)` starts;
+    /// records the listener when the call can succeed on it: an unconnected stream socket with
+    /// a bound port (`inet_listen` refuses the others with EINVAL).
     #[inline(always)]
-    unsafe fn resolve_listen(o: &Offsets, pending: PendingListen, id: u64) -> Result<(), i32> {
+    unsafe fn resolve_listen(o: &Offsets, fd: i64, backlog: i32) -> Result<(), i32> {
         unsafe {
-            if pending.fd < 0 || pending.fd > 1 << 20 {
+            if fd < 0 || fd > 1 << 20 {
                 return Err(-1);
             }
             let task = bpf_get_current_task() as *const u8;
             let files: *const u8 = read(task, o.task_files)?;
             let fdt: *const u8 = read(files, o.files_fdt)?;
             let max_fds: u32 = read(fdt, o.fdtable_max_fds)?;
-            if pending.fd as u64 >= max_fds as u64 {
+            if fd as u64 >= max_fds as u64 {
                 return Err(-1);
             }
             let fd_array: *const u8 = read(fdt, o.fdtable_fd)?;
-            let file: *const u8 = read(fd_array, (pending.fd as u32) * 8)?;
+            let file: *const u8 = read(fd_array, (fd as u32) * 8)?;
             let socket: *const u8 = read(file, o.file_private_data)?;
+            let state: u32 = read(socket, o.socket_state)?;
+            let kind: u16 = read(socket, o.socket_type)?;
+            if state != SS_UNCONNECTED || kind != SOCK_STREAM {
+                return Err(-1);
+            }
             let sk: *const u8 = read(socket, o.socket_sk)?;
-            record_listen(o, sk, pending.backlog as i32, id)
+            let net: *const u8 = read(sk, o.sk_net)?;
+            let somaxconn: u32 = read(net, o.net_somaxconn)?;
+            // `__sys_listen`'s clamp, compared as unsigned as the kernel does.
+            let effective = if backlog as u32 > somaxconn {
+                somaxconn
+            } else {
+                backlog as u32
+            };
+            record_listen(o, sk, backlog, effective, bpf_get_current_pid_tgid())
         }
     }
 
-    /// Records a successful `listen()` of `sk` (a `struct sock *`) by the current task.
+    /// Records a `listen()` of `sk` (a `struct sock *`) by the current task that leaves it with
+    /// `effective_backlog`. A socket without a port yet is not recorded (its key would be wrong).
     #[inline(always)]
     unsafe fn record_listen(
         o: &Offsets,
         sk: *const u8,
         requested_backlog: i32,
+        effective_backlog: u32,
         id: u64,
     ) -> Result<(), i32> {
         unsafe {
             let key = listener_key(o, sk)?;
+            if key.port == 0 {
+                return Err(-1);
+            }
             let net: *const u8 = read(sk, o.sk_net)?;
             let info = ListenInfo {
                 key,
@@ -245,7 +248,7 @@ mod programs {
                 pid: (id >> 32) as u32,
                 tid: id as u32,
                 requested_backlog,
-                effective_backlog: read(sk, o.sk_max_ack_backlog)?,
+                effective_backlog,
                 somaxconn: read(net, o.net_somaxconn)?,
                 ret: 0,
                 comm: bpf_get_current_comm().unwrap_or([0; 16]),
@@ -278,7 +281,10 @@ mod programs {
         // SAFETY: kernel pointers are only dereferenced through bpf_probe_read_kernel.
         let r = unsafe {
             match read::<*const u8>(socket, o.socket_sk) {
-                Ok(sk) => record_listen(&o, sk, backlog as i32, id),
+                Ok(sk) => match read::<u32>(sk, o.sk_max_ack_backlog) {
+                    Ok(effective) => record_listen(&o, sk, backlog as i32, effective, id),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             }
         };

@@ -11,8 +11,8 @@
 //!   (sock_diag). This is the tier tested in CI.
 //!
 //! The listen hook is `fexit/inet_listen` where the kernel allows BTF trampolines (untested
-//! here, refused with EPERM), else the `syscalls:sys_enter/exit_listen` tracepoints, which are
-//! then the only syscall tracepoints attached. There is no close hook (see the kernel programs'
+//! here, refused with EPERM), else the `syscalls:sys_enter_listen` tracepoint (no exit
+//! tracepoint: see the kernel programs' docs), then the only syscall tracepoint attached. There is no close hook (see the kernel programs'
 //! docs): the scanner removes the map entries of listeners it no longer finds
 //! ([`Probe::forget`]).
 //! * [`Tier::SockDiag`]: no eBPF at all (the agent's fallback mode; never returned by
@@ -163,33 +163,27 @@ impl std::fmt::Debug for Probe {
 }
 
 const HOOK_ENTER: &str = "tracepoint/syscalls/sys_enter_listen";
-const HOOK_EXIT: &str = "tracepoint/syscalls/sys_exit_listen";
 const HOOK_LISTEN_FEXIT: &str = "fexit/inet_listen";
 const HOOK_KFREE: &str = "tp_btf/kfree_skb";
 const HOOK_FENTRY: &str = "fentry/tcp_conn_request";
 
 /// Hook selection for [`Probe::load_selected`]: every hook but the `listen()` syscall
-/// tracepoints. While any syscall tracepoint is attached, the kernel sends every system call of
-/// every process on the node through its syscall-tracing path (~50 ns each, agent/BENCHMARKS.md);
+/// tracepoint. While any syscall tracepoint is attached, the kernel sends every system call of
+/// every process on the node through its syscall-tracing path (tens of ns each,
+/// agent/BENCHMARKS.md);
 /// without them, on a kernel where `fexit/inet_listen` does not load, no `listen()` is seen:
 /// requested backlogs are unknown and the scanner samples every netns in full every scan.
 pub fn without_syscall_tracepoints(hook: &str) -> bool {
-    hook != HOOK_ENTER && hook != HOOK_EXIT
+    hook != HOOK_ENTER
 }
 
 /// Every hook [`Probe::load_selected`] knows, in attach order.
-pub const HOOKS: [&str; 5] = [
-    HOOK_LISTEN_FEXIT,
-    HOOK_ENTER,
-    HOOK_EXIT,
-    HOOK_KFREE,
-    HOOK_FENTRY,
-];
+pub const HOOKS: [&str; 4] = [HOOK_LISTEN_FEXIT, HOOK_ENTER, HOOK_KFREE, HOOK_FENTRY];
 
 impl Probe {
     /// Loads the programs and attaches every hook the kernel allows.
     ///
-    /// Required: a listen hook (`fexit/inet_listen`, else both `listen()` syscall tracepoints)
+    /// Required: a listen hook (`fexit/inet_listen`, else the `sys_enter_listen` tracepoint)
     /// and `tp_btf/kfree_skb` (without them the eBPF tier adds nothing over sock_diag, so an
     /// error is returned and the caller falls back). Optional: `fentry/tcp_conn_request`
     /// (SYN-phase overflows; its success selects [`Tier::EbpfFentry`]).
@@ -242,7 +236,7 @@ impl Probe {
         let required: &[&'static str] = if fexit_listen {
             &[HOOK_KFREE]
         } else {
-            &[HOOK_ENTER, HOOK_EXIT, HOOK_KFREE]
+            &[HOOK_ENTER, HOOK_KFREE]
         };
         for &required in required {
             if !selected(required) {
@@ -285,12 +279,12 @@ impl Probe {
         self.tier
     }
 
-    /// True when a `listen()` hook is attached (`fexit/inet_listen`, or both syscall
-    /// tracepoints): the probe records each `listen()` (with the backlog the application asked
+    /// True when a `listen()` hook is attached (`fexit/inet_listen`, or the `sys_enter_listen`
+    /// tracepoint): the probe records each `listen()` (with the backlog the application asked
     /// for) and announces it as an event.
     pub fn sees_listens(&self) -> bool {
         let on = |hook: &str| self.hooks.iter().any(|h| h.hook == hook && h.attached);
-        on(HOOK_LISTEN_FEXIT) || (on(HOOK_ENTER) && on(HOOK_EXIT))
+        on(HOOK_LISTEN_FEXIT) || on(HOOK_ENTER)
     }
 
     /// Per-hook attach results.
@@ -491,28 +485,19 @@ fn attach_hooks(ebpf: &mut Ebpf, btf: &Btf, selected: &dyn Fn(&str) -> bool) -> 
     };
     let fexit_listen = r.is_ok();
     hooks.push(status(HOOK_LISTEN_FEXIT, r));
-    for (prog, hook, cat, name) in [
-        (
-            "kt_enter_listen",
-            HOOK_ENTER,
-            "syscalls",
-            "sys_enter_listen",
-        ),
-        ("kt_exit_listen", HOOK_EXIT, "syscalls", "sys_exit_listen"),
-    ] {
-        let r = if fexit_listen {
-            Err(format!("not needed: {HOOK_LISTEN_FEXIT} attached"))
-        } else if !selected(hook) {
-            not_selected()
-        } else {
-            program::<TracePoint>(ebpf, prog).and_then(|p| {
-                p.load().map_err(|e| format!("load: {e}"))?;
-                p.attach(cat, name).map_err(|e| format!("attach: {e}"))?;
-                Ok(())
-            })
-        };
-        hooks.push(status(hook, r));
-    }
+    let r = if fexit_listen {
+        Err(format!("not needed: {HOOK_LISTEN_FEXIT} attached"))
+    } else if !selected(HOOK_ENTER) {
+        not_selected()
+    } else {
+        program::<TracePoint>(ebpf, "kt_enter_listen").and_then(|p| {
+            p.load().map_err(|e| format!("load: {e}"))?;
+            p.attach("syscalls", "sys_enter_listen")
+                .map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        })
+    };
+    hooks.push(status(HOOK_ENTER, r));
     let r = if selected(HOOK_KFREE) {
         program::<BtfTracePoint>(ebpf, "kt_kfree_skb").and_then(|p| {
             p.load("kfree_skb", btf).map_err(|e| format!("load: {e}"))?;

@@ -241,6 +241,8 @@ pub fn compute(btf: &KernelBtf, tracefs: &Path) -> Result<Offsets, OffsetError> 
         fdtable_max_fds: btf.offset("fdtable", "max_fds")?,
         file_private_data: btf.offset("file", "private_data")?,
         socket_sk: btf.offset("socket", "sk")?,
+        socket_state: btf.offset("socket", "state")?,
+        socket_type: btf.offset("socket", "type")?,
         sk_family: btf.offset("sock", "__sk_common.skc_family")?,
         sk_num: btf.offset("sock", "__sk_common.skc_num")?,
         sk_rcv_saddr: btf.offset("sock", "__sk_common.skc_rcv_saddr")?,
@@ -258,7 +260,6 @@ pub fn compute(btf: &KernelBtf, tracefs: &Path) -> Result<Offsets, OffsetError> 
             "sys_enter_listen",
             "backlog",
         )?,
-        tp_exit_listen_ret: tracepoint_field(tracefs, "syscalls", "sys_exit_listen", "ret")?,
         listen_overflow_reason: btf
             .enum_value("skb_drop_reason", "SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")?,
         valid: 1,

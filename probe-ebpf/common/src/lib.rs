@@ -26,11 +26,14 @@ pub const AF_INET: u16 = 2;
 /// `AF_INET6`.
 pub const AF_INET6: u16 = 10;
 
-/// Index into the `STATS` per-CPU array: `sys_enter_listen` hits.
+/// Index into the `STATS` per-CPU array: `listen()` calls seen (`sys_enter_listen` or
+/// `fexit/inet_listen` hits).
 pub const STAT_LISTEN_ENTER: u32 = 0;
-/// `listen()` calls that returned 0 and whose socket was resolved.
+/// `listen()` calls recorded: on a bound TCP socket (`sys_enter_listen`, before the call runs),
+/// or that returned 0 (`fexit/inet_listen`).
 pub const STAT_LISTEN_OK: u32 = 1;
-/// `listen()` calls that succeeded but whose `struct sock` could not be read (fd table walk failed).
+/// `listen()` calls not recorded: the fd table walk failed, or (`sys_enter_listen`) the fd is not
+/// an unconnected, bound stream socket, so the call will fail or bind a port only as it runs.
 pub const STAT_LISTEN_RESOLVE_FAIL: u32 = 2;
 /// Final-ACK-phase accept-queue overflows seen in `kfree_skb` (drop reason TCP_LISTEN_OVERFLOW).
 pub const STAT_ACK_OVERFLOW: u32 = 3;
@@ -67,13 +70,14 @@ pub struct ListenerKey {
     pub addr: [u8; 16],
 }
 
-/// What the kernel program recorded about one successful `listen()`.
+/// What the kernel program recorded about one `listen()` (`sys_enter_listen`: as the call
+/// starts, on a socket it can succeed on; `fexit/inet_listen`: a call that succeeded).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListenInfo {
     /// Listener identity.
     pub key: ListenerKey,
-    /// `bpf_ktime_get_ns()` at the syscall's exit.
+    /// `bpf_ktime_get_ns()` when recorded.
     pub ts_ns: u64,
     /// cgroup v2 id of the calling task.
     pub cgroup_id: u64,
@@ -83,11 +87,14 @@ pub struct ListenInfo {
     pub tid: u32,
     /// Backlog argument the process passed to `listen()` (as the syscall saw it: an `int`).
     pub requested_backlog: i32,
-    /// `sk->sk_max_ack_backlog` after the call: min(requested, somaxconn) as the kernel computed it.
+    /// The accept-queue limit the call gives the socket: min(requested, somaxconn) as unsigned,
+    /// `__sys_listen`'s clamp (`sys_enter_listen`), or `sk->sk_max_ack_backlog` after the call
+    /// (`fexit/inet_listen`).
     pub effective_backlog: u32,
     /// `net->core.sysctl_somaxconn` of the socket's netns at the time of the call.
     pub somaxconn: i32,
-    /// 0 for a successful call (failed calls are not recorded).
+    /// Always 0 (kept for the layout: failed calls are not recorded by `fexit/inet_listen`; a
+    /// `sys_enter_listen` record of a call that then fails names no listener the scan finds).
     pub ret: i32,
     /// `comm` of the calling task (NUL padded).
     pub comm: [u8; 16],
@@ -115,16 +122,6 @@ pub struct OverflowCounts {
     pub syn_phase: u64,
 }
 
-/// `listen()` arguments parked between `sys_enter_listen` and `sys_exit_listen` (keyed by pid_tgid).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingListen {
-    /// File descriptor passed to `listen()`.
-    pub fd: i64,
-    /// Backlog passed to `listen()`.
-    pub backlog: i64,
-}
-
 /// Byte offsets the kernel programs need, computed by the agent from kernel BTF (struct
 /// fields) and tracefs `format` files (tracepoint fields). Passed as the read-only global
 /// `OFFSETS`; `valid == 1` once filled in.
@@ -143,6 +140,10 @@ pub struct Offsets {
     pub file_private_data: u32,
     /// `socket.sk`.
     pub socket_sk: u32,
+    /// `socket.state` (`socket_state`; `SS_UNCONNECTED` is 1).
+    pub socket_state: u32,
+    /// `socket.type` (`short`; `SOCK_STREAM` is 1).
+    pub socket_type: u32,
     /// `sock.__sk_common.skc_family`.
     pub sk_family: u32,
     /// `sock.__sk_common.skc_num`.
@@ -167,8 +168,6 @@ pub struct Offsets {
     pub tp_enter_listen_fd: u32,
     /// `syscalls:sys_enter_listen` field `backlog`.
     pub tp_enter_listen_backlog: u32,
-    /// `syscalls:sys_exit_listen` field `ret`.
-    pub tp_exit_listen_ret: u32,
     /// Numeric value of `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW` in this kernel's `enum skb_drop_reason`.
     pub listen_overflow_reason: u32,
     /// 1 when the agent filled this in.
@@ -183,11 +182,10 @@ mod user {
     unsafe impl aya::Pod for super::ListenInfo {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::OverflowCounts {}
-    unsafe impl aya::Pod for super::PendingListen {}
     unsafe impl aya::Pod for super::Offsets {}
 }
 
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 32);
 const _: () = assert!(core::mem::size_of::<ListenInfo>() == 32 + 8 + 8 + 4 * 6 + 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 8 + core::mem::size_of::<ListenInfo>());
-const _: () = assert!(core::mem::size_of::<Offsets>() == 21 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 22 * 4);
