@@ -129,34 +129,94 @@ impl PodDecision {
     /// One-line human summary, e.g.
     /// `injected net.core.somaxconn=8192; not injected net.ipv4.tcp_rmem (RefusedUnsafeSysctl)`.
     pub fn summary(&self) -> String {
-        let mut parts = Vec::new();
-        for (outcome, word) in [
-            (Outcome::Injected, "injected"),
-            (Outcome::WouldInject, "would inject (DryRun)"),
+        let mut out = String::with_capacity(128);
+        for (word, outcomes) in [
+            ("injected", &[Outcome::Injected][..]),
+            ("would inject (DryRun)", &[Outcome::WouldInject]),
+            ("not injected", &[Outcome::Refused, Outcome::PodValueKept]),
         ] {
-            let items: Vec<String> = self
+            let items = self
                 .entries
                 .iter()
-                .filter(|e| e.outcome == outcome)
-                .map(|e| format!("{}={}", e.sysctl, e.value))
-                .collect();
-            if !items.is_empty() {
-                parts.push(format!("{word} {}", items.join(",")));
+                .filter(|e| outcomes.contains(&e.outcome));
+            for (i, e) in items.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                } else {
+                    if !out.is_empty() {
+                        out.push_str("; ");
+                    }
+                    out.push_str(word);
+                    out.push(' ');
+                }
+                out.push_str(&e.sysctl);
+                if matches!(e.outcome, Outcome::Injected | Outcome::WouldInject) {
+                    out.push('=');
+                    out.push_str(&e.value);
+                } else {
+                    out.push_str(" (");
+                    out.push_str(&e.reason);
+                    out.push(')');
+                }
             }
         }
-        let refused: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|e| matches!(e.outcome, Outcome::Refused | Outcome::PodValueKept))
-            .map(|e| format!("{} ({})", e.sysctl, e.reason))
-            .collect();
-        if !refused.is_empty() {
-            parts.push(format!("not injected {}", refused.join(",")));
+        if out.is_empty() {
+            out.push_str("no sysctls");
         }
-        if parts.is_empty() {
-            "no sysctls".into()
-        } else {
-            parts.join("; ")
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(sysctl: &str, value: &str, outcome: Outcome, reason: &str) -> DecisionEntry {
+        DecisionEntry {
+            policy: "p".into(),
+            generation: 1,
+            sysctl: sysctl.into(),
+            value: value.into(),
+            outcome,
+            delivery: None,
+            reason: reason.into(),
+            message: String::new(),
         }
+    }
+
+    /// The summary annotation is compared on re-invocation: its wording is part of what an
+    /// admitted pod carries, so it must not drift.
+    #[test]
+    fn summary_lists_injected_then_dry_run_then_not_injected() {
+        let d = |entries| PodDecision {
+            version: DECISION_VERSION,
+            entries,
+            ..Default::default()
+        };
+        let all = d(vec![
+            entry("a", "1", Outcome::Injected, "SafeSysctl"),
+            entry("b", "2", Outcome::Refused, "RefusedUnsafeSysctl"),
+            entry("c", "3", Outcome::WouldInject, "SafeSysctl"),
+            entry("d", "4", Outcome::PodValueKept, "PodValueKept"),
+            entry("e", "5", Outcome::Injected, "SafeSysctl"),
+            entry("f", "6", Outcome::Overridden, "OverriddenByPolicy"),
+        ]);
+        assert_eq!(
+            all.summary(),
+            "injected a=1,e=5; would inject (DryRun) c=3; \
+             not injected b (RefusedUnsafeSysctl),d (PodValueKept)"
+        );
+        let refused = d(vec![entry("b", "2", Outcome::Refused, "InvalidValue")]);
+        assert_eq!(refused.summary(), "not injected b (InvalidValue)");
+        let dry = d(vec![entry("c", "3", Outcome::WouldInject, "SafeSysctl")]);
+        assert_eq!(dry.summary(), "would inject (DryRun) c=3");
+        let overridden = d(vec![entry(
+            "f",
+            "6",
+            Outcome::Overridden,
+            "OverriddenByPolicy",
+        )]);
+        assert_eq!(overridden.summary(), "no sysctls");
+        assert_eq!(d(vec![]).summary(), "no sysctls");
     }
 }

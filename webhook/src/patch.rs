@@ -3,16 +3,20 @@
 //! term of the pod's required node affinity, write the decision annotations, and select the
 //! tuning-CNI network with `cni-args`. Idempotent: running the webhook again on the patched pod
 //! yields an empty patch.
+//!
+//! The operations are typed ([`PodPatch`], [`Op`], [`OpValue`]) and serialise straight to RFC
+//! 6902 JSON: a new pod shape is patched once per plan, and building `serde_json::Value` trees
+//! and JSON pointers only to serialise them cost about as much as the plan itself.
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::decision::{
     DECISION_ANNOTATION, MULTUS_NETWORKS_ANNOTATION, SUMMARY_ANNOTATION,
 };
 use kubetune_crds::pod::sysctls as current_sysctls;
 use kubetune_crds::sysctl;
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use k8s_openapi::api::core::v1::NodeSelectorRequirement;
 use kubetune_crds::placement;
@@ -20,16 +24,126 @@ use kubetune_crds::placement;
 use crate::networks::{merged_networks, parse_networks};
 use crate::plan::Plan;
 
-fn ptr(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
+/// kubetune's JSONPatch for one pod, serialised as an RFC 6902 array.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct PodPatch(pub Vec<Op>);
+
+impl PodPatch {
+    /// The same operations as a [`json_patch::Patch`] (to apply them to a document).
+    pub fn to_json_patch(&self) -> json_patch::Patch {
+        serde_json::from_value(serde_json::to_value(self).expect("a patch serialises"))
+            .expect("kubetune writes RFC 6902 operations")
+    }
 }
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+/// One operation: `{"op": "add"|"replace", "path": <JSON pointer>, "value": ...}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Op {
+    /// `add` or `replace`.
+    pub op: OpKind,
+    /// JSON pointer (RFC 6901, `~` and `/` escaped).
+    pub path: String,
+    /// The value at `path`.
+    pub value: OpValue,
 }
 
-fn replace(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Replace(ReplaceOperation { path, value })
+/// The operations kubetune writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    /// RFC 6902 `add`.
+    Add,
+    /// RFC 6902 `replace`.
+    Replace,
+}
+
+/// A value kubetune writes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OpValue {
+    /// `securityContext.sysctls` entries (`[{"name", "value"}]`), nested under the keys given
+    /// (outermost first) where the pod lacks the objects that hold the list.
+    Sysctls(&'static [&'static str], Vec<(String, String)>),
+    /// A string (one annotation).
+    Str(String),
+    /// A whole `metadata.annotations` object.
+    Annotations(Vec<(&'static str, String)>),
+    /// Anything else (node affinity: rarely written, built as JSON).
+    Json(Value),
+}
+
+impl Serialize for OpValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OpValue::Sysctls(keys, list) => Nested(keys, &SysctlList(list)).serialize(s),
+            OpValue::Str(v) => s.serialize_str(v),
+            OpValue::Annotations(kv) => s.collect_map(kv.iter().map(|(k, v)| (k, v))),
+            OpValue::Json(v) => v.serialize(s),
+        }
+    }
+}
+
+/// `inner` nested under `keys` (`{"a": {"b": inner}}`).
+struct Nested<'a, T>(&'a [&'static str], &'a T);
+
+impl<T: Serialize> Serialize for Nested<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.split_first() {
+            None => self.1.serialize(s),
+            Some((key, rest)) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry(key, &Nested(rest, self.1))?;
+                m.end()
+            }
+        }
+    }
+}
+
+struct SysctlList<'a>(&'a [(String, String)]);
+
+impl Serialize for SysctlList<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            name: &'a str,
+            value: &'a str,
+        }
+        s.collect_seq(self.0.iter().map(|(name, value)| Entry { name, value }))
+    }
+}
+
+/// The JSON pointer of `tokens` (RFC 6901: `~` as `~0`, `/` as `~1`).
+fn ptr(tokens: &[&str]) -> String {
+    let mut p = String::with_capacity(64);
+    for t in tokens {
+        p.push('/');
+        if t.contains(['~', '/']) {
+            p.push_str(&t.replace('~', "~0").replace('/', "~1"));
+        } else {
+            p.push_str(t);
+        }
+    }
+    p
+}
+
+fn add(path: String, value: OpValue) -> Op {
+    Op {
+        op: OpKind::Add,
+        path,
+        value,
+    }
+}
+
+fn add_json(path: String, value: Value) -> Op {
+    add(path, OpValue::Json(value))
+}
+
+fn replace(path: String, value: OpValue) -> Op {
+    Op {
+        op: OpKind::Replace,
+        path,
+        value,
+    }
 }
 
 /// The pod's final `securityContext.sysctls`: its current entries, in order, with kubetune's
@@ -53,36 +167,26 @@ pub fn final_sysctls(pod: &Pod, plan: &Plan) -> Vec<(String, String)> {
 }
 
 /// Build the patch for `pod` from `plan`.
-pub fn build_patch(pod: &Pod, plan: &Plan) -> Patch {
+pub fn build_patch(pod: &Pod, plan: &Plan) -> PodPatch {
     let mut ops = Vec::new();
     if plan.is_empty() {
-        return Patch(ops);
+        return PodPatch(ops);
     }
     // 1. securityContext.sysctls
     let wanted = final_sysctls(pod, plan);
     if wanted != current_sysctls(pod) {
-        let list = Value::Array(
-            wanted
-                .iter()
-                .map(|(n, v)| json!({"name": n, "value": v}))
-                .collect(),
-        );
-        match pod.spec.as_ref() {
-            None => ops.push(add(
-                ptr(&["spec"]),
-                json!({"securityContext": {"sysctls": list}}),
-            )),
-            Some(spec) => match spec.security_context.as_ref() {
-                None => ops.push(add(
-                    ptr(&["spec", "securityContext"]),
-                    json!({"sysctls": list}),
-                )),
-                Some(sc) if sc.sysctls.is_none() => {
-                    ops.push(add(ptr(&["spec", "securityContext", "sysctls"]), list))
-                }
-                Some(_) => ops.push(replace(ptr(&["spec", "securityContext", "sysctls"]), list)),
-            },
-        }
+        const SYSCTLS: [&str; 3] = ["spec", "securityContext", "sysctls"];
+        let sc = pod.spec.as_ref().map(|s| s.security_context.as_ref());
+        let (op, at): (fn(String, OpValue) -> Op, usize) = match sc {
+            None => (add, 1),
+            Some(None) => (add, 2),
+            Some(Some(sc)) if sc.sysctls.is_none() => (add, 3),
+            Some(Some(_)) => (replace, 3),
+        };
+        ops.push(op(
+            ptr(&SYSCTLS[..at]),
+            OpValue::Sysctls(&SYSCTLS[at..], wanted),
+        ));
     }
     // 2. spec.affinity.nodeAffinity (required)
     ops.extend(affinity_ops(pod, plan));
@@ -107,24 +211,22 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> Patch {
         }
     }
     match annotations {
-        None => {
-            let map: Map<String, Value> = wanted_ann
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v)))
-                .collect();
-            ops.push(add(ptr(&["metadata", "annotations"]), Value::Object(map)));
-        }
+        None => ops.push(add(
+            ptr(&["metadata", "annotations"]),
+            OpValue::Annotations(wanted_ann),
+        )),
         Some(current) => {
             for (k, v) in wanted_ann {
+                let path = || ptr(&["metadata", "annotations", k]);
                 match current.get(k) {
                     Some(cur) if *cur == v => {}
-                    Some(_) => ops.push(replace(ptr(&["metadata", "annotations", k]), json!(v))),
-                    None => ops.push(add(ptr(&["metadata", "annotations", k]), json!(v))),
+                    Some(_) => ops.push(replace(path(), OpValue::Str(v))),
+                    None => ops.push(add(path(), OpValue::Str(v))),
                 }
             }
         }
     }
-    Patch(ops)
+    PodPatch(ops)
 }
 
 const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
@@ -133,7 +235,7 @@ const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
 /// each missing requirement into every existing term (terms are ORed, so a term without it
 /// would let the pod onto a refusing node). An empty term matches no node and stays as it is.
 /// Only appends; never rewrites what the pod has.
-fn affinity_ops(pod: &Pod, plan: &Plan) -> Vec<PatchOperation> {
+fn affinity_ops(pod: &Pod, plan: &Plan) -> Vec<Op> {
     let (exprs, fields) = placement::requirements(&plan.node_affinity);
     if exprs.is_empty() && fields.is_empty() {
         return Vec::new();
@@ -157,21 +259,21 @@ fn affinity_ops(pod: &Pod, plan: &Plan) -> Vec<PatchOperation> {
     });
     let base = ["spec", "affinity", "nodeAffinity", REQUIRED];
     match (spec, affinity, node, required) {
-        (None, ..) => vec![add(
+        (None, ..) => vec![add_json(
             ptr(&["spec"]),
             json!({"affinity": {"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": [term()]}}}}),
         )],
-        (_, None, ..) => vec![add(
+        (_, None, ..) => vec![add_json(
             ptr(&base[..2]),
             json!({"nodeAffinity": {REQUIRED: {"nodeSelectorTerms": [term()]}}}),
         )],
-        (_, _, None, _) => vec![add(
+        (_, _, None, _) => vec![add_json(
             ptr(&base[..3]),
             json!({REQUIRED: {"nodeSelectorTerms": [term()]}}),
         )],
-        (_, _, _, None) => vec![add(ptr(&base), json!({"nodeSelectorTerms": [term()]}))],
+        (_, _, _, None) => vec![add_json(ptr(&base), json!({"nodeSelectorTerms": [term()]}))],
         (.., Some(r)) if r.node_selector_terms.is_empty() => {
-            vec![add(
+            vec![add_json(
                 ptr(&[&base[..], &["nodeSelectorTerms", "-"]].concat()),
                 term(),
             )]
@@ -209,7 +311,7 @@ fn append_missing(
     path: Vec<String>,
     current: Option<&[NodeSelectorRequirement]>,
     wanted: &[NodeSelectorRequirement],
-) -> Vec<PatchOperation> {
+) -> Vec<Op> {
     let missing: Vec<&NodeSelectorRequirement> = wanted
         .iter()
         .filter(|w| !current.unwrap_or_default().contains(w))
@@ -217,10 +319,10 @@ fn append_missing(
     let tokens: Vec<&str> = path.iter().map(String::as_str).collect();
     match current {
         _ if missing.is_empty() => Vec::new(),
-        None => vec![add(ptr(&tokens), json!(missing))],
+        None => vec![add_json(ptr(&tokens), json!(missing))],
         Some(_) => missing
             .into_iter()
-            .map(|m| add(ptr(&[&tokens[..], &["-"]].concat()), json!(m)))
+            .map(|m| add_json(ptr(&[&tokens[..], &["-"]].concat()), json!(m)))
             .collect(),
     }
 }

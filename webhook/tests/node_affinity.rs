@@ -34,7 +34,8 @@ fn planned(p: &Pod, f: &ClusterFacts) -> Plan {
 /// Plan, patch, apply; then again on the result, which must patch nothing.
 fn admit(p: &Pod, f: &ClusterFacts) -> Value {
     let mut doc = serde_json::to_value(p).unwrap();
-    json_patch::patch(&mut doc, &build_patch(p, &planned(p, f))).expect("patch applies");
+    json_patch::patch(&mut doc, &build_patch(p, &planned(p, f)).to_json_patch())
+        .expect("patch applies");
     let again: Pod = serde_json::from_value(doc.clone()).unwrap();
     let second = build_patch(&again, &planned(&again, f));
     assert!(

@@ -26,7 +26,7 @@ fn run(p: &Pod, policies: &[TuningPolicy], f: &ClusterFacts) -> (Value, usize) {
     );
     let patch = build_patch(p, &pl);
     let mut doc = serde_json::to_value(p).unwrap();
-    json_patch::patch(&mut doc, &patch).expect("patch applies");
+    json_patch::patch(&mut doc, &patch.to_json_patch()).expect("patch applies");
     (doc, patch.0.len())
 }
 
