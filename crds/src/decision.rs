@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::json;
 use crate::placement::NodeRequirement;
 use crate::policy::DeliveryDecision;
 
@@ -61,6 +62,54 @@ pub struct DecisionEntry {
     pub message: String,
 }
 
+impl DecisionEntry {
+    /// This entry as serde_json writes it (see [`PodDecision::to_annotation`]).
+    fn encode(&self, o: &mut json::Out) {
+        let DecisionEntry {
+            policy,
+            generation,
+            sysctl,
+            value,
+            outcome,
+            delivery,
+            reason,
+            message,
+        } = self;
+        o.lit("{\"policy\":", "{\\\"policy\\\":");
+        o.string(policy);
+        o.lit(",\"generation\":", ",\\\"generation\\\":");
+        o.int(*generation);
+        o.lit(",\"sysctl\":", ",\\\"sysctl\\\":");
+        o.string(sysctl);
+        o.lit(",\"value\":", ",\\\"value\\\":");
+        o.string(value);
+        o.lit(",\"outcome\":", ",\\\"outcome\\\":");
+        o.string(outcome.as_str());
+        if let Some(d) = delivery {
+            o.lit(",\"delivery\":", ",\\\"delivery\\\":");
+            o.string(d.as_str());
+        }
+        o.lit(",\"reason\":", ",\\\"reason\\\":");
+        o.string(reason);
+        o.lit(",\"message\":", ",\\\"message\\\":");
+        o.string(message);
+        o.lit("}", "}");
+    }
+}
+
+impl Outcome {
+    /// The name serde writes for this outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Injected => "Injected",
+            Outcome::WouldInject => "WouldInject",
+            Outcome::Refused => "Refused",
+            Outcome::Overridden => "Overridden",
+            Outcome::PodValueKept => "PodValueKept",
+        }
+    }
+}
+
 /// The whole admission record of a pod.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -101,12 +150,68 @@ impl PodDecision {
         Ok(serde_json::from_str(s)?)
     }
     /// Serialise for the annotation (compact JSON, deterministic order).
+    ///
+    /// Exactly the bytes serde_json writes for the record (`crds/tests/decision_encoding.rs`
+    /// holds them equal for any strings, so a pod admitted by an earlier version stays unchanged
+    /// on re-invocation), written by hand with literal keys: the webhook writes one per new
+    /// plan (and embeds it in a JSONPatch as a string: [`PodDecision::to_annotation_and_literal`]
+    /// writes both forms in one pass), and a serializer's per-key escaping was most of its
+    /// cost. The struct patterns in the encoders are exhaustive, so a new field does not compile
+    /// until it is written there too.
     pub fn to_annotation(&self) -> String {
-        // The same compact JSON serde_json writes (a test holds them equal, so a pod admitted
-        // by an earlier version stays unchanged on re-invocation), with SIMD string escaping:
-        // the webhook writes one per new pod shape.
-        sonic_rs::to_string(self).expect("decision serialises")
+        self.encode(false).0
     }
+
+    /// [`PodDecision::to_annotation`] and, in the same pass, the annotation as a JSON string
+    /// literal (what a JSONPatch that writes it carries).
+    pub fn to_annotation_and_literal(&self) -> (String, String) {
+        let (json, literal) = self.encode(true);
+        (json, literal.expect("asked for"))
+    }
+
+    fn encode(&self, literal: bool) -> (String, Option<String>) {
+        let PodDecision {
+            version,
+            policies,
+            entries,
+            node_affinity,
+        } = self;
+        let mut o = json::Out::new(64 + 64 * policies.len() + 320 * entries.len(), literal);
+        o.lit("{\"version\":", "{\\\"version\\\":");
+        o.int(*version);
+        o.lit(",\"policies\":[", ",\\\"policies\\\":[");
+        for (i, PolicyRef { name, generation }) in policies.iter().enumerate() {
+            if i > 0 {
+                o.lit(",", ",");
+            }
+            o.lit("{\"name\":", "{\\\"name\\\":");
+            o.string(name);
+            o.lit(",\"generation\":", ",\\\"generation\\\":");
+            o.int(*generation);
+            o.lit("}", "}");
+        }
+        o.lit("],\"entries\":[", "],\\\"entries\\\":[");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                o.lit(",", ",");
+            }
+            e.encode(&mut o);
+        }
+        o.lit("]", "]");
+        if !node_affinity.is_empty() {
+            o.lit(",\"nodeAffinity\":[", ",\\\"nodeAffinity\\\":[");
+            for (i, r) in node_affinity.iter().enumerate() {
+                if i > 0 {
+                    o.lit(",", ",");
+                }
+                r.encode(&mut o);
+            }
+            o.lit("]", "]");
+        }
+        o.lit("}", "}");
+        o.finish()
+    }
+
     /// Entries of one policy.
     pub fn for_policy<'a>(
         &'a self,

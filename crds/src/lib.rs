@@ -21,6 +21,7 @@
 pub mod decision;
 pub mod facts;
 pub mod heartbeat;
+pub mod json;
 pub mod limits;
 pub mod matching;
 pub mod node;

@@ -270,6 +270,32 @@ pub struct NodeRequirement {
 }
 
 impl NodeRequirement {
+    /// This requirement as serde_json writes it (for [`crate::decision::PodDecision::to_annotation`]).
+    pub(crate) fn encode(&self, o: &mut crate::json::Out) {
+        let NodeRequirement {
+            sysctl,
+            label_key,
+            excluded_nodes,
+        } = self;
+        o.lit("{\"sysctl\":", "{\\\"sysctl\\\":");
+        o.string(sysctl);
+        if let Some(k) = label_key {
+            o.lit(",\"labelKey\":", ",\\\"labelKey\\\":");
+            o.string(k);
+        }
+        if !excluded_nodes.is_empty() {
+            o.lit(",\"excludedNodes\":[", ",\\\"excludedNodes\\\":[");
+            for (i, n) in excluded_nodes.iter().enumerate() {
+                if i > 0 {
+                    o.lit(",", ",");
+                }
+                o.string(n);
+            }
+            o.lit("]", "]");
+        }
+        o.lit("}", "}");
+    }
+
     /// The label requirement (`matchExpressions`), if any.
     pub fn expression(&self) -> Option<NodeSelectorRequirement> {
         self.label_key.as_ref().map(|k| NodeSelectorRequirement {

@@ -168,6 +168,18 @@ pub enum DeliveryDecision {
     DryRun,
 }
 
+impl DeliveryDecision {
+    /// The name serde writes for this decision.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryDecision::PodSecurityContext => "PodSecurityContext",
+            DeliveryDecision::TuningCni => "TuningCNI",
+            DeliveryDecision::Refused => "Refused",
+            DeliveryDecision::DryRun => "DryRun",
+        }
+    }
+}
+
 /// Per-sysctl decision of a policy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -33,6 +33,7 @@ fn delivery() -> impl Strategy<Value = Option<DeliveryDecision>> {
         Just(Some(DeliveryDecision::PodSecurityContext)),
         Just(Some(DeliveryDecision::TuningCni)),
         Just(Some(DeliveryDecision::Refused)),
+        Just(Some(DeliveryDecision::DryRun)),
     ]
 }
 
@@ -100,6 +101,9 @@ proptest! {
     fn the_annotation_is_serde_json_s_bytes_and_reads_back(d in decision()) {
         let a = d.to_annotation();
         prop_assert_eq!(&a, &serde_json::to_string(&d).unwrap());
+        let (json, literal) = d.to_annotation_and_literal();
+        prop_assert_eq!(&json, &a);
+        prop_assert_eq!(&literal, &serde_json::to_string(&a).unwrap());
         prop_assert_eq!(PodDecision::parse(&a).unwrap(), d);
     }
 }

@@ -377,7 +377,7 @@ fn plan_and_patch(
     if !p.tuning_cni.is_empty() {
         delivered.push("tuningCNI");
     }
-    let raw = sonic_rs::to_vec(&patch).unwrap_or_default();
+    let raw = patch.to_json();
     Planned {
         namespace: ns.name.clone(),
         patch_b64: Some(base64_simd::STANDARD.encode_to_string(raw)),

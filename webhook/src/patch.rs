@@ -4,18 +4,18 @@
 //! tuning-CNI network with `cni-args`. Idempotent: running the webhook again on the patched pod
 //! yields an empty patch.
 //!
-//! The operations are typed ([`PodPatch`], [`Op`], [`OpValue`]) and serialise straight to RFC
-//! 6902 JSON: a new pod shape is patched once per plan, and building `serde_json::Value` trees
-//! and JSON pointers only to serialise them cost about as much as the plan itself.
+//! The operations are typed ([`PodPatch`], [`Op`], [`OpValue`]) and written straight to RFC
+//! 6902 JSON with literal keys ([`PodPatch::to_json`]): a new pod shape is patched once per plan,
+//! and building `serde_json::Value` trees and JSON pointers only to serialise them, escaping
+//! every key on the way, cost about as much as the plan itself.
 
 use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::decision::{
     DECISION_ANNOTATION, MULTUS_NETWORKS_ANNOTATION, SUMMARY_ANNOTATION,
 };
+use kubetune_crds::json;
 use kubetune_crds::pod::sysctls as current_sysctls;
 use kubetune_crds::sysctl;
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use k8s_openapi::api::core::v1::NodeSelectorRequirement;
@@ -24,21 +24,39 @@ use kubetune_crds::placement;
 use crate::networks::{merged_networks, parse_networks};
 use crate::plan::Plan;
 
-/// kubetune's JSONPatch for one pod, serialised as an RFC 6902 array.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(transparent)]
+/// kubetune's JSONPatch for one pod ([`PodPatch::to_json`]: an RFC 6902 array).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodPatch(pub Vec<Op>);
 
 impl PodPatch {
+    /// The patch as JSON: `[{"op": "add"|"replace", "path": <pointer>, "value": ...}, ...]`.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(512);
+        out.push('[');
+        for (i, op) in self.0.iter().enumerate() {
+            out.push_str(if i == 0 { "{\"op\":\"" } else { ",{\"op\":\"" });
+            out.push_str(match op.op {
+                OpKind::Add => "add",
+                OpKind::Replace => "replace",
+            });
+            out.push_str("\",\"path\":");
+            json::push_string(&mut out, &op.path);
+            out.push_str(",\"value\":");
+            op.value.write_json(&mut out);
+            out.push('}');
+        }
+        out.push(']');
+        out
+    }
+
     /// The same operations as a [`json_patch::Patch`] (to apply them to a document).
     pub fn to_json_patch(&self) -> json_patch::Patch {
-        serde_json::from_value(serde_json::to_value(self).expect("a patch serialises"))
-            .expect("kubetune writes RFC 6902 operations")
+        serde_json::from_str(&self.to_json()).expect("kubetune writes RFC 6902 operations")
     }
 }
 
-/// One operation: `{"op": "add"|"replace", "path": <JSON pointer>, "value": ...}`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One operation: `op` the `value` at `path`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Op {
     /// `add` or `replace`.
     pub op: OpKind,
@@ -49,8 +67,7 @@ pub struct Op {
 }
 
 /// The operations kubetune writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
     /// RFC 6902 `add`.
     Add,
@@ -64,51 +81,49 @@ pub enum OpValue {
     /// `securityContext.sysctls` entries (`[{"name", "value"}]`), nested under the keys given
     /// (outermost first) where the pod lacks the objects that hold the list.
     Sysctls(&'static [&'static str], Vec<(String, String)>),
-    /// A string (one annotation).
+    /// A string, as its JSON string literal (one annotation).
     Str(String),
-    /// A whole `metadata.annotations` object.
+    /// A whole `metadata.annotations` object: keys and their values' JSON string literals.
     Annotations(Vec<(&'static str, String)>),
     /// Anything else (node affinity: rarely written, built as JSON).
     Json(Value),
 }
 
-impl Serialize for OpValue {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl OpValue {
+    fn write_json(&self, out: &mut String) {
         match self {
-            OpValue::Sysctls(keys, list) => Nested(keys, &SysctlList(list)).serialize(s),
-            OpValue::Str(v) => s.serialize_str(v),
-            OpValue::Annotations(kv) => s.collect_map(kv.iter().map(|(k, v)| (k, v))),
-            OpValue::Json(v) => v.serialize(s),
-        }
-    }
-}
-
-/// `inner` nested under `keys` (`{"a": {"b": inner}}`).
-struct Nested<'a, T>(&'a [&'static str], &'a T);
-
-impl<T: Serialize> Serialize for Nested<'_, T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0.split_first() {
-            None => self.1.serialize(s),
-            Some((key, rest)) => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry(key, &Nested(rest, self.1))?;
-                m.end()
+            OpValue::Sysctls(keys, list) => {
+                for k in *keys {
+                    out.push('{');
+                    json::push_string(out, k);
+                    out.push(':');
+                }
+                out.push('[');
+                for (i, (name, value)) in list.iter().enumerate() {
+                    out.push_str(if i == 0 { "{\"name\":" } else { ",{\"name\":" });
+                    json::push_string(out, name);
+                    out.push_str(",\"value\":");
+                    json::push_string(out, value);
+                    out.push('}');
+                }
+                out.push(']');
+                keys.iter().for_each(|_| out.push('}'));
             }
+            OpValue::Str(literal) => out.push_str(literal),
+            OpValue::Annotations(kv) => {
+                out.push('{');
+                for (i, (k, v)) in kv.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json::push_string(out, k);
+                    out.push(':');
+                    out.push_str(v);
+                }
+                out.push('}');
+            }
+            OpValue::Json(v) => out.push_str(&v.to_string()),
         }
-    }
-}
-
-struct SysctlList<'a>(&'a [(String, String)]);
-
-impl Serialize for SysctlList<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Entry<'a> {
-            name: &'a str,
-            value: &'a str,
-        }
-        s.collect_seq(self.0.iter().map(|(name, value)| Entry { name, value }))
     }
 }
 
@@ -117,10 +132,12 @@ fn ptr(tokens: &[&str]) -> String {
     let mut p = String::with_capacity(64);
     for t in tokens {
         p.push('/');
-        if t.contains(['~', '/']) {
-            p.push_str(&t.replace('~', "~0").replace('/', "~1"));
-        } else {
-            p.push_str(t);
+        for c in t.chars() {
+            match c {
+                '~' => p.push_str("~0"),
+                '/' => p.push_str("~1"),
+                c => p.push(c),
+            }
         }
     }
     p
@@ -193,9 +210,13 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> PodPatch {
     // 3. annotations
     let annotations = pod.metadata.annotations.as_ref();
     let get = |k: &str| annotations.and_then(|a| a.get(k));
-    let mut wanted_ann: Vec<(&str, String)> = vec![
-        (DECISION_ANNOTATION, plan.decision.to_annotation()),
-        (SUMMARY_ANNOTATION, plan.decision.summary()),
+    // (key, value, the value's JSON string literal)
+    let (decision, decision_literal) = plan.decision.to_annotation_and_literal();
+    let summary = plan.decision.summary();
+    let summary_literal = json::string_literal(&summary);
+    let mut wanted_ann: Vec<(&str, String, String)> = vec![
+        (DECISION_ANNOTATION, decision, decision_literal),
+        (SUMMARY_ANNOTATION, summary, summary_literal),
     ];
     if let (Some(net), false) = (plan.tuning_network.as_deref(), plan.tuning_cni.is_empty()) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
@@ -207,21 +228,23 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> PodPatch {
             .and_then(|e| serde_json::from_str::<Value>(e).ok())
             .is_some_and(|v| v.as_array().is_some_and(|a| *a == merged));
         if !unchanged {
-            wanted_ann.push((MULTUS_NETWORKS_ANNOTATION, Value::Array(merged).to_string()));
+            let networks = Value::Array(merged).to_string();
+            let literal = json::string_literal(&networks);
+            wanted_ann.push((MULTUS_NETWORKS_ANNOTATION, networks, literal));
         }
     }
     match annotations {
         None => ops.push(add(
             ptr(&["metadata", "annotations"]),
-            OpValue::Annotations(wanted_ann),
+            OpValue::Annotations(wanted_ann.into_iter().map(|(k, _, l)| (k, l)).collect()),
         )),
         Some(current) => {
-            for (k, v) in wanted_ann {
+            for (k, v, literal) in wanted_ann {
                 let path = || ptr(&["metadata", "annotations", k]);
                 match current.get(k) {
                     Some(cur) if *cur == v => {}
-                    Some(_) => ops.push(replace(path(), OpValue::Str(v))),
-                    None => ops.push(add(path(), OpValue::Str(v))),
+                    Some(_) => ops.push(replace(path(), OpValue::Str(literal))),
+                    None => ops.push(add(path(), OpValue::Str(literal))),
                 }
             }
         }

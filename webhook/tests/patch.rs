@@ -289,7 +289,7 @@ fn annotation_keys_are_escaped_in_paths() {
         &[policy("ka", json!({"preset": "IpvsIdleKeepalive"}))],
         &facts(false),
     );
-    let ops = serde_json::to_value(build_patch(&p, &pl)).unwrap();
+    let ops: Value = serde_json::from_str(&build_patch(&p, &pl).to_json()).unwrap();
     let paths: Vec<&str> = ops
         .as_array()
         .unwrap()
