@@ -876,7 +876,9 @@ impl Scanner {
 /// The probe's `listen()` record of `d`, when it describes `d`: the record is made as the
 /// call starts (`sys_enter_listen`), so a call that then failed on a socket bound to the same
 /// address and port (two `SO_REUSEADDR` sockets bound before either listened) may have
-/// overwritten the listener's own. The backlog it computed must be the one the kernel gave `d`.
+/// overwritten the listener's own (and cleared that address's in-kernel overflow counters; the
+/// listener's total then rests on its `sk_drops`, see [`overflows_total`]). The backlog it
+/// computed must be the one the kernel gave `d`.
 fn listen_record<'a>(info: Option<&'a ListenInfo>, d: &DiagListener) -> Option<&'a ListenInfo> {
     info.filter(|i| i.effective_backlog == d.max_backlog)
 }

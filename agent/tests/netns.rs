@@ -497,14 +497,7 @@ fn listen_cases() -> ListenCases {
                 (&one as *const i32).cast(),
                 4,
             );
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: port.to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-                },
-                sin_zero: [0; 8],
-            };
+            let addr = netns::loopback(port);
             let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
             assert_eq!(
                 libc::bind(

@@ -334,14 +334,7 @@ fn listen_loopback(spec: ListenerSpec) -> Result<(std::net::TcpListener, u16), H
             );
         }
     }
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: spec.port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-        },
-        sin_zero: [0; 8],
-    };
+    let addr = loopback(spec.port);
     // SAFETY: addr is a valid sockaddr_in.
     if unsafe {
         libc::bind(
@@ -393,14 +386,7 @@ impl Burst {
                 }
                 // SAFETY: fresh fd.
                 let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                let addr = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: port.to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-                    },
-                    sin_zero: [0; 8],
-                };
+                let addr = loopback(port);
                 // SAFETY: valid sockaddr_in; non-blocking connect returns EINPROGRESS.
                 unsafe {
                     libc::connect(
@@ -448,5 +434,17 @@ impl Burst {
                 }
             })
             .count()
+    }
+}
+
+/// `127.0.0.1:port` as a `sockaddr_in`, for bind(2) and connect(2).
+pub fn loopback(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
     }
 }

@@ -208,6 +208,14 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> PodPatch {
     // 2. spec.affinity.nodeAffinity (required)
     ops.extend(affinity_ops(pod, plan));
     // 3. annotations
+    ops.extend(annotation_ops(pod, plan));
+    PodPatch(ops)
+}
+
+/// The decision and summary annotations (and the Multus selection for tuning CNI), each added
+/// or replaced unless the pod already carries exactly that value.
+fn annotation_ops(pod: &Pod, plan: &Plan) -> Vec<Op> {
+    let mut ops = Vec::new();
     let annotations = pod.metadata.annotations.as_ref();
     let get = |k: &str| annotations.and_then(|a| a.get(k));
     // (key, value, the value's JSON string literal)
@@ -249,7 +257,7 @@ pub fn build_patch(pod: &Pod, plan: &Plan) -> PodPatch {
             }
         }
     }
-    PodPatch(ops)
+    ops
 }
 
 const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
