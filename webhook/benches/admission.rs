@@ -400,6 +400,27 @@ fn main() {
         let a2 = l2.local_addr().unwrap();
         tokio::spawn(serve_tls(l2, cfg, noop_routes(), std::future::pending::<()>()));
 
+        // `KT_BENCH_SERVER_PROFILE=N`: N reviews of `KT_BENCH_SHAPE` (as above) through the
+        // whole HTTPS stack, server and clients, against kubetune or (`KT_BENCH_HANDLER=noop`)
+        // the no-op handler, then exit: under callgrind, two runs at N and 2N give the whole
+        // process's instructions per review (setup cancels out; kernel work is not counted), which the handler-only
+        // profile cannot show — what answering costs around the handler.
+        if let Some(n) = std::env::var("KT_BENCH_SERVER_PROFILE").ok().and_then(|v| v.parse::<usize>().ok()) {
+            let shape = match std::env::var("KT_BENCH_SHAPE").as_deref() {
+                Ok("deployment") => Shape::NewDeployment,
+                Ok("rollout") => Shape::Rollout,
+                Ok("replica") => Shape::Replica,
+                _ => Shape::Unplanned,
+            };
+            let noop = std::env::var("KT_BENCH_HANDLER").as_deref() == Ok("noop");
+            // A fixed set of distinct bodies (built at every N alike, so building them cancels
+            // out of the difference), each sent once when N <= 4,096.
+            let distinct = bodies(shape, "s", 4096);
+            let _ = saturate(if noop { a2 } else { a1 }, &ca, clients, n / clients, distinct).await;
+            println!("{n} reviews ({shape:?}) through the {} server", if noop { "no-op" } else { "kubetune" });
+            return;
+        }
+
         // Sanity: the real handler patches this pod (3 policies -> 7 sysctls).
         let mut c = client::connect(a1, "kubetune-webhook.kubetune-system.svc", &ca).await.unwrap();
         let (_, r) = c.post("/mutate", body.clone()).await.unwrap();
