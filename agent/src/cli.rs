@@ -36,9 +36,9 @@ pub struct Common {
     /// Window for queue max / recent overflows / slow-accept detection (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
-    /// Do not attach the `listen()` syscall tracepoints (they add ~50 ns to every system call
-    /// on the node where `fexit/inet_listen` does not load; without them requested backlogs are
-    /// unknown there and every scan samples every netns in full).
+    /// Do not attach the `listen()` syscall tracepoint (`sys_enter_listen`: it adds ~50 ns to
+    /// every system call on the node where `fexit/inet_listen` does not load; without it
+    /// requested backlogs are unknown there and every scan samples every netns in full).
     /// Env: KUBETUNE_NO_SYSCALL_TRACEPOINTS=1.
     #[arg(long, env = "KUBETUNE_NO_SYSCALL_TRACEPOINTS", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]

@@ -1358,7 +1358,7 @@ time.sleep(3600)
     if r["spec"]["source"] != "sock-diag" {
         assert_eq!(
             l["requestedBacklog"], 8,
-            "the listen() tracepoints saw it: {l}"
+            "the listen() hook saw it: {l}"
         );
     }
     assert!(l["overflowsTotal"].as_i64().unwrap() > 0, "{l}");
