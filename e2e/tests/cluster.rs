@@ -1356,10 +1356,7 @@ time.sleep(3600)
         .expect("the pod's listener is reported")
         .clone();
     if r["spec"]["source"] != "sock-diag" {
-        assert_eq!(
-            l["requestedBacklog"], 8,
-            "the listen() hook saw it: {l}"
-        );
+        assert_eq!(l["requestedBacklog"], 8, "the listen() hook saw it: {l}");
     }
     assert!(l["overflowsTotal"].as_i64().unwrap() > 0, "{l}");
 }
