@@ -338,6 +338,16 @@ fn ratio(real: &Figures, noop: &Figures) {
     );
 }
 
+/// The profiled case, `KT_BENCH_SHAPE=deployment|rollout|replica` for case c, b or a; d by default.
+fn profile_shape() -> Shape {
+    match std::env::var("KT_BENCH_SHAPE").as_deref() {
+        Ok("deployment") => Shape::NewDeployment,
+        Ok("rollout") => Shape::Rollout,
+        Ok("replica") => Shape::Replica,
+        _ => Shape::Unplanned,
+    }
+}
+
 fn main() {
     let clients = env("KT_BENCH_CLIENTS", 16);
     let requests = env("KT_BENCH_REQUESTS", 40_000);
@@ -377,13 +387,7 @@ fn main() {
         // `KT_BENCH_PROFILE=N`: only the handler on N new pod shapes, then exit — a short,
         // deterministic run to count instructions in (valgrind --tool=callgrind).
         if let Some(n) = std::env::var("KT_BENCH_PROFILE").ok().and_then(|v| v.parse::<usize>().ok()) {
-            // `KT_BENCH_SHAPE=deployment|rollout|replica`: case c, b or a instead of d.
-            let shape = match std::env::var("KT_BENCH_SHAPE").as_deref() {
-                Ok("deployment") => Shape::NewDeployment,
-                Ok("rollout") => Shape::Rollout,
-                Ok("replica") => Shape::Replica,
-                _ => Shape::Unplanned,
-            };
+            let shape = profile_shape();
             let (snap, cfg, distinct) = (snapshot(), Config::new("kubetune-system", &[]), bodies(shape, "p", n));
             for b in distinct.iter().cycle().take(n) {
                 std::hint::black_box(kubetune_webhook::admission::mutate(b, &snap, &cfg).unwrap().body);
@@ -403,15 +407,10 @@ fn main() {
         // `KT_BENCH_SERVER_PROFILE=N`: N reviews of `KT_BENCH_SHAPE` (as above) through the
         // whole HTTPS stack, server and clients, against kubetune or (`KT_BENCH_HANDLER=noop`)
         // the no-op handler, then exit: under callgrind, two runs at N and 2N give the whole
-        // process's instructions per review (setup cancels out; kernel work is not counted), which the handler-only
-        // profile cannot show — what answering costs around the handler.
+        // process's instructions per review (setup cancels out; kernel work is not counted),
+        // which the handler-only profile cannot show — what answering costs around the handler.
         if let Some(n) = std::env::var("KT_BENCH_SERVER_PROFILE").ok().and_then(|v| v.parse::<usize>().ok()) {
-            let shape = match std::env::var("KT_BENCH_SHAPE").as_deref() {
-                Ok("deployment") => Shape::NewDeployment,
-                Ok("rollout") => Shape::Rollout,
-                Ok("replica") => Shape::Replica,
-                _ => Shape::Unplanned,
-            };
+            let shape = profile_shape();
             let noop = std::env::var("KT_BENCH_HANDLER").as_deref() == Ok("noop");
             // A fixed set of distinct bodies (built at every N alike, so building them cancels
             // out of the difference), each sent once when N <= 4,096.
