@@ -159,24 +159,32 @@ impl PodDecision {
     /// cost. The struct patterns in the encoders are exhaustive, so a new field does not compile
     /// until it is written there too.
     pub fn to_annotation(&self) -> String {
-        self.encode(false).0
+        self.encode(json::Forms::Json).0.expect("asked for")
     }
 
     /// [`PodDecision::to_annotation`] and, in the same pass, the annotation as a JSON string
     /// literal (what a JSONPatch that writes it carries).
     pub fn to_annotation_and_literal(&self) -> (String, String) {
-        let (json, literal) = self.encode(true);
-        (json, literal.expect("asked for"))
+        match self.encode(json::Forms::Both) {
+            (Some(json), Some(literal)) => (json, literal),
+            _ => unreachable!("both forms asked for"),
+        }
     }
 
-    fn encode(&self, literal: bool) -> (String, Option<String>) {
+    /// Only the string literal of [`PodDecision::to_annotation`] (a patch for a pod without the
+    /// annotation has nothing to compare the annotation with).
+    pub fn to_annotation_literal(&self) -> String {
+        self.encode(json::Forms::Literal).1.expect("asked for")
+    }
+
+    fn encode(&self, forms: json::Forms) -> (Option<String>, Option<String>) {
         let PodDecision {
             version,
             policies,
             entries,
             node_affinity,
         } = self;
-        let mut o = json::Out::new(64 + 64 * policies.len() + 320 * entries.len(), literal);
+        let mut o = json::Out::new(64 + 64 * policies.len() + 320 * entries.len(), forms);
         o.lit("{\"version\":", "{\\\"version\\\":");
         o.int(*version);
         o.lit(",\"policies\":[", ",\\\"policies\\\":[");

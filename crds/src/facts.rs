@@ -30,7 +30,7 @@ use crate::node::{NodeTuning, TuningCniState};
 use crate::placement::{self, NodeFacts, NodeRequirement, Placement};
 use crate::policy::{Delivery, DeliveryDecision};
 use crate::reason;
-use crate::sysctl::{self, KubeVersion, PodSecurityLevel, Scope, SysctlError};
+use crate::sysctl::{self, KubeVersion, PodSecurityLevel, Scope, SysctlError, SysctlInfo};
 
 /// Name of the ConfigMap holding the facts.
 pub const FACTS_CONFIGMAP: &str = "kubetune-cluster-facts";
@@ -299,23 +299,44 @@ pub fn decide(
     facts: &ClusterFacts,
     pod: &PodContext,
 ) -> Result<Delivered, Refusal> {
-    let info = sysctl::classify(name).map_err(Refusal::Sysctl)?;
-    sysctl::validate_value(info.name, value).map_err(Refusal::Sysctl)?;
-    let n = info.name.to_string();
+    let info = check(name, value).map_err(Refusal::Sysctl)?;
+    decide_checked(info, preference, facts, pod)
+}
+
+/// What [`decide`] asks of a sysctl before looking at the pod: a namespaced sysctl of the table
+/// (or family) with a valid value. The same for every pod, so a policy's sysctls are checked once
+/// (the webhook's prepared policies) and decided with [`decide_checked`] per pod.
+pub fn check(name: &str, value: &str) -> Result<&'static SysctlInfo, SysctlError> {
+    let info = sysctl::classify(name)?;
+    sysctl::validate_value(info.name, value)?;
+    Ok(info)
+}
+
+/// [`decide`] for a sysctl that passed [`check`].
+pub fn decide_checked(
+    info: &'static SysctlInfo,
+    preference: Delivery,
+    facts: &ClusterFacts,
+    pod: &PodContext,
+) -> Result<Delivered, Refusal> {
+    let n = info.name;
     if pod.host_network && info.scope == Scope::Network {
         return Err(Refusal::HostNamespace {
-            name: n,
+            name: n.to_string(),
             ns: "network",
         });
     }
     if pod.host_ipc && info.scope == Scope::Ipc {
-        return Err(Refusal::HostNamespace { name: n, ns: "IPC" });
+        return Err(Refusal::HostNamespace {
+            name: n.to_string(),
+            ns: "IPC",
+        });
     }
     let safe = info.is_safe_in(facts.kubernetes_version);
     if let Some((level, version)) = pod.pod_security {
-        if !sysctl::pod_security_allows(&n, level, version) {
+        if !sysctl::pod_security_allows(n, level, version) {
             return Err(Refusal::PodSecurity {
-                name: n,
+                name: n.to_string(),
                 level,
                 version,
             });
@@ -323,17 +344,20 @@ pub fn decide(
     }
     let cni = || tuning_cni(info.tuning_cni_capable(), facts, pod);
     if preference == Delivery::TuningCni {
-        return cni().map_err(|detail| Refusal::TuningCniUnavailable { name: n, detail });
+        return cni().map_err(|detail| Refusal::TuningCniUnavailable {
+            name: n.to_string(),
+            detail,
+        });
     }
     if safe {
         return Ok(Delivered {
             how: DeliveryDecision::PodSecurityContext,
             reason: reason::SAFE_SYSCTL,
-            message: format!("safe sysctl in Kubernetes {}", facts.kubernetes_version),
+            message: safe_message(facts.kubernetes_version),
             node_affinity: None,
         });
     }
-    let why_nodes = match unsafe_by_nodes(&n, facts, pod) {
+    let why_nodes = match unsafe_by_nodes(n, facts, pod) {
         Ok(d) => return Ok(d),
         Err(why) => why,
     };
@@ -342,16 +366,28 @@ pub fn decide(
             Ok(d) => return Ok(d),
             Err(e) => {
                 return Err(Refusal::UnsafeNotAllowed {
-                    name: n,
+                    name: n.to_string(),
                     detail: format!("{why_nodes}, and {e}"),
                 })
             }
         }
     }
     Err(Refusal::UnsafeNotAllowed {
-        name: n,
+        name: n.to_string(),
         detail: why_nodes,
     })
+}
+
+/// "safe sysctl in Kubernetes 1.31", written without the formatting machinery (once per safe
+/// sysctl of every pod planned).
+fn safe_message(v: KubeVersion) -> String {
+    const HEAD: &str = "safe sysctl in Kubernetes ";
+    let mut m = String::with_capacity(HEAD.len() + 8);
+    m.push_str(HEAD);
+    crate::json::push_int(&mut m, v.major);
+    m.push('.');
+    crate::json::push_int(&mut m, v.minor);
+    m
 }
 
 /// An unsafe sysctl through securityContext: per node group (override) or per node (node
@@ -444,4 +480,20 @@ fn tuning_cni(capable: bool, facts: &ClusterFacts, pod: &PodContext) -> Result<D
         ),
         node_affinity: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_safe_message_names_the_version_as_display_does() {
+        for v in [
+            KubeVersion::new(1, 31),
+            KubeVersion::new(1, 9),
+            KubeVersion::LATEST,
+        ] {
+            assert_eq!(safe_message(v), format!("safe sysctl in Kubernetes {v}"));
+        }
+    }
 }

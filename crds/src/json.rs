@@ -14,8 +14,11 @@ pub fn push_string(out: &mut String, s: &str) {
 /// backslash, control characters as serde_json writes them (`\n`, `\u001f`, …), everything else
 /// (non-ASCII included) verbatim — serde_json's escaping byte for byte.
 pub fn push_escaped(out: &mut String, s: &str) {
-    // No short circuit, so the scan vectorises.
-    if s.bytes().fold(false, |c, b| c | (b < 0x20)) {
+    if plain(s) {
+        out.push_str(s);
+        return;
+    }
+    if s.bytes().any(|b| b < 0x20) {
         // Rare: serde_json writes its own control-character escapes.
         let lit = serde_json::to_string(s).expect("a str serialises");
         out.push_str(&lit[1..lit.len() - 1]);
@@ -31,6 +34,33 @@ pub fn push_escaped(out: &mut String, s: &str) {
     out.push_str(rest);
 }
 
+/// True when `s` needs no escaping (no `"`, `\\` or control character): its JSON string literal
+/// is `s` in quotes. Eight bytes at a time (`(x - 0x01..) & !x & 0x80..` is non-zero exactly
+/// when a byte of `x` is zero; for `< 0x20` it is the same test against `0x20..`).
+pub fn plain(s: &str) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let special = |x: u64| {
+        let quote = x ^ (ONES * b'"' as u64);
+        let backslash = x ^ (ONES * b'\\' as u64);
+        ((x.wrapping_sub(ONES * 0x20) & !x)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash))
+            & HIGH
+            != 0
+    };
+    let mut chunks = s.as_bytes().chunks_exact(8);
+    for c in &mut chunks {
+        if special(u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// Appends the decimal integer `n`.
 pub fn push_int(out: &mut String, n: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(n));
@@ -43,22 +73,33 @@ pub fn string_literal(s: &str) -> String {
     out
 }
 
-/// What an encoder writes into: the JSON text and, when asked for, the same text as a JSON
-/// string literal (what embedding the text as a string value in other JSON takes, e.g. an
-/// annotation in a JSONPatch), written in the same pass so the second escaping costs a copy:
-/// literals come with both forms, and a string that needs no escaping is the same in both.
+/// What an encoder writes into: the JSON text, its JSON string literal (what embedding the text
+/// as a string value in other JSON takes, e.g. an annotation in a JSONPatch), or both in the same
+/// pass — so the second escaping costs a copy: literals come with both forms, and a string that
+/// needs no escaping is the same in both.
 pub struct Out {
+    json: Option<String>,
+    literal: Option<String>,
+}
+
+/// Which forms an [`Out`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forms {
     /// The JSON text.
-    pub json: String,
-    /// The JSON text as a string literal, quotes included (when asked for).
-    pub literal: Option<String>,
+    Json,
+    /// Its string literal.
+    Literal,
+    /// Both.
+    Both,
 }
 
 impl Out {
-    /// An empty output; `literal`: also write the string-literal form.
-    pub fn new(capacity: usize, literal: bool) -> Self {
+    /// An empty output writing `forms`.
+    pub fn new(capacity: usize, forms: Forms) -> Self {
+        let json = forms != Forms::Literal;
+        let literal = forms != Forms::Json;
         Out {
-            json: String::with_capacity(capacity),
+            json: json.then(|| String::with_capacity(capacity)),
             literal: literal.then(|| {
                 let mut l = String::with_capacity(capacity + capacity / 4);
                 l.push('"');
@@ -74,7 +115,9 @@ impl Out {
             push_escaped(&mut e, raw);
             e
         });
-        self.json.push_str(raw);
+        if let Some(j) = &mut self.json {
+            j.push_str(raw);
+        }
         if let Some(l) = &mut self.literal {
             l.push_str(escaped);
         }
@@ -82,38 +125,44 @@ impl Out {
 
     /// Appends `s` as a JSON string.
     pub fn string(&mut self, s: &str) {
-        let plain = !s
-            .bytes()
-            .fold(false, |c, b| c | (b < 0x20) | (b == b'"') | (b == b'\\'));
-        let start = self.json.len();
-        if plain {
-            self.json.push('"');
-            self.json.push_str(s);
-            self.json.push('"');
-        } else {
-            push_string(&mut self.json, s);
-        }
-        if let Some(l) = &mut self.literal {
-            if plain {
+        if plain(s) {
+            if let Some(j) = &mut self.json {
+                j.reserve(s.len() + 2);
+                j.push('"');
+                j.push_str(s);
+                j.push('"');
+            }
+            if let Some(l) = &mut self.literal {
+                l.reserve(s.len() + 4);
                 l.push_str("\\\"");
                 l.push_str(s);
                 l.push_str("\\\"");
-            } else {
-                push_escaped(l, &self.json[start..]);
             }
+            return;
+        }
+        let lit = string_literal(s);
+        if let Some(l) = &mut self.literal {
+            push_escaped(l, &lit);
+        }
+        if let Some(j) = &mut self.json {
+            j.push_str(&lit);
         }
     }
 
     /// Appends the decimal integer `n`.
     pub fn int(&mut self, n: impl itoa::Integer + Copy) {
-        push_int(&mut self.json, n);
+        let mut b = itoa::Buffer::new();
+        let digits = b.format(n);
+        if let Some(j) = &mut self.json {
+            j.push_str(digits);
+        }
         if let Some(l) = &mut self.literal {
-            push_int(l, n);
+            l.push_str(digits);
         }
     }
 
-    /// The JSON text, and its string literal when asked for.
-    pub fn finish(self) -> (String, Option<String>) {
+    /// The JSON text and its string literal, each when asked for.
+    pub fn finish(self) -> (Option<String>, Option<String>) {
         let literal = self.literal.map(|mut l| {
             l.push('"');
             l
@@ -136,10 +185,32 @@ mod tests {
             "tab\tnew\nline\u{1}\u{1f}\u{7f}",
             "é✓🚀 \u{2028}</script>",
             "{\"k\":\"v\\n\"}",
+            "eight by",
+            "sixteen bytes ok",
+            "0123456789abcde\"",
+            "0123456789abcdef\\",
+            "0123456\u{1f}89abcdef",
+            "\u{7f}\u{80}\u{ff}ÿ\u{9f}\u{a0}  !#[]]^~",
         ] {
             let mut out = String::new();
             push_string(&mut out, s);
             assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+            assert_eq!(plain(s), out.len() == s.len() + 2, "{s:?}");
+        }
+        // Every ASCII byte at every position of a word-and-a-half string, and after a non-ASCII
+        // character (whose UTF-8 bytes are >= 0x80).
+        for b in 0u8..0x80 {
+            for at in 0..12 {
+                for prefix in ["", "ÿ"] {
+                    let mut s = format!("{prefix}{}", "a".repeat(12));
+                    s.replace_range(
+                        prefix.len() + at..prefix.len() + at + 1,
+                        &(b as char).to_string(),
+                    );
+                    let naive = s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\');
+                    assert_eq!(plain(&s), naive, "{s:?}");
+                }
+            }
         }
         let mut n = String::new();
         push_int(&mut n, -42i64);

@@ -104,6 +104,7 @@ proptest! {
         let (json, literal) = d.to_annotation_and_literal();
         prop_assert_eq!(&json, &a);
         prop_assert_eq!(&literal, &serde_json::to_string(&a).unwrap());
+        prop_assert_eq!(&d.to_annotation_literal(), &literal);
         prop_assert_eq!(PodDecision::parse(&a).unwrap(), d);
     }
 }

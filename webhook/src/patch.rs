@@ -132,6 +132,10 @@ fn ptr(tokens: &[&str]) -> String {
     let mut p = String::with_capacity(64);
     for t in tokens {
         p.push('/');
+        if !t.bytes().any(|b| b == b'~' || b == b'/') {
+            p.push_str(t);
+            continue;
+        }
         for c in t.chars() {
             match c {
                 '~' => p.push_str("~0"),
@@ -218,13 +222,20 @@ fn annotation_ops(pod: &Pod, plan: &Plan) -> Vec<Op> {
     let mut ops = Vec::new();
     let annotations = pod.metadata.annotations.as_ref();
     let get = |k: &str| annotations.and_then(|a| a.get(k));
-    // (key, value, the value's JSON string literal)
-    let (decision, decision_literal) = plan.decision.to_annotation_and_literal();
+    // (key, value, the value's JSON string literal); the record's JSON text is only written when
+    // the pod carries a record to compare it with.
+    let (decision, decision_literal) = match get(DECISION_ANNOTATION) {
+        Some(_) => {
+            let (json, literal) = plan.decision.to_annotation_and_literal();
+            (Some(json), literal)
+        }
+        None => (None, plan.decision.to_annotation_literal()),
+    };
     let summary = plan.decision.summary();
     let summary_literal = json::string_literal(&summary);
-    let mut wanted_ann: Vec<(&str, String, String)> = vec![
+    let mut wanted_ann: Vec<(&str, Option<String>, String)> = vec![
         (DECISION_ANNOTATION, decision, decision_literal),
-        (SUMMARY_ANNOTATION, summary, summary_literal),
+        (SUMMARY_ANNOTATION, Some(summary), summary_literal),
     ];
     if let (Some(net), false) = (plan.tuning_network.as_deref(), plan.tuning_cni.is_empty()) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
@@ -238,7 +249,7 @@ fn annotation_ops(pod: &Pod, plan: &Plan) -> Vec<Op> {
         if !unchanged {
             let networks = Value::Array(merged).to_string();
             let literal = json::string_literal(&networks);
-            wanted_ann.push((MULTUS_NETWORKS_ANNOTATION, networks, literal));
+            wanted_ann.push((MULTUS_NETWORKS_ANNOTATION, Some(networks), literal));
         }
     }
     match annotations {
@@ -250,7 +261,7 @@ fn annotation_ops(pod: &Pod, plan: &Plan) -> Vec<Op> {
             for (k, v, literal) in wanted_ann {
                 let path = || ptr(&["metadata", "annotations", k]);
                 match current.get(k) {
-                    Some(cur) if *cur == v => {}
+                    Some(cur) if v.as_ref() == Some(cur) => {}
                     Some(_) => ops.push(replace(path(), OpValue::Str(literal))),
                     None => ops.push(add(path(), OpValue::Str(literal))),
                 }

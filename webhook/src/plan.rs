@@ -7,14 +7,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kubetune_crds::decision::{
     DecisionEntry, Outcome, PodDecision, PolicyRef, DECISION_VERSION, MULTUS_NETWORKS_ANNOTATION,
 };
-use kubetune_crds::facts::{decide, ClusterFacts, PodContext};
+use kubetune_crds::facts::{check, decide_checked, ClusterFacts, PodContext, Refusal};
 pub use kubetune_crds::matching::matching_policies;
 use kubetune_crds::placement::{NodeRequirement, Placement};
 pub use kubetune_crds::podsec::{PSA_ENFORCE, PSA_ENFORCE_VERSION};
 use kubetune_crds::policy::{
     desired_sysctls, validate_spec, DeliveryDecision, Mode, SpecError, TuningPolicy,
 };
-use kubetune_crds::sysctl::{self, KubeVersion, PodSecurityLevel};
+use kubetune_crds::sysctl::{self, KubeVersion, PodSecurityLevel, SysctlError, SysctlInfo};
 use kubetune_crds::{podsec, reason};
 
 /// What the planner needs to know about the pod's namespace.
@@ -109,16 +109,27 @@ fn invalid_spec_refusal(sysctl: &str, errors: &[SpecError]) -> (&'static str, St
 pub struct PreparedPolicy {
     /// [`validate_spec`] of the policy's spec.
     pub errors: Vec<SpecError>,
-    /// [`desired_sysctls`] of the policy's spec.
-    pub desired: BTreeMap<String, String>,
+    /// [`desired_sysctls`] of the policy's spec, each with what [`check`] says of it.
+    pub desired: Vec<Desired>,
 }
+
+/// One desired sysctl of a prepared policy: canonical name and value, and the sysctl's
+/// [`check`] (the part of [`kubetune_crds::facts::decide`] that does not depend on the pod).
+pub type Desired = (String, String, Result<&'static SysctlInfo, SysctlError>);
 
 impl PreparedPolicy {
     /// Prepare `policy`.
     pub fn of(policy: &TuningPolicy) -> Self {
+        let desired = desired_sysctls(&policy.spec)
+            .into_iter()
+            .map(|(n, v)| {
+                let checked = check(&n, &v);
+                (n, v, checked)
+            })
+            .collect();
         Self {
             errors: validate_spec(&policy.spec),
-            desired: desired_sysctls(&policy.spec),
+            desired,
         }
     }
 }
@@ -129,7 +140,7 @@ impl PreparedPolicy {
 /// 1. an invalid policy (any [`validate_spec`] error) contributes only `Refused` entries;
 /// 2. a sysctl already set by a higher-precedence policy is `Overridden`;
 /// 3. a sysctl the pod sets itself is `PodValueKept` (never overwritten);
-/// 4. [`decide`] picks the delivery or refuses (node-level, host namespaces, PodSecurity, what
+/// 4. [`kubetune_crds::facts::decide`] picks the delivery or refuses (node-level, host namespaces, PodSecurity, what
 ///    the nodes the pod may run on accept — with a required node affinity when only some do —
 ///    or the node groups of an override, tuning-CNI fallback); tuning CNI is also refused when
 ///    the pod's own Multus selection annotation is unreadable (kubetune will not rewrite it);
@@ -206,7 +217,7 @@ fn plan_with_own(
     let mut out = Plan::default();
     out.decision.version = DECISION_VERSION;
     let ctx = PlanContext {
-        pod: pod_ctx.clone(),
+        pod: pod_ctx,
         facts,
         own,
         networks_problem: pod
@@ -217,21 +228,22 @@ fn plan_with_own(
             .and_then(|raw| crate::networks::parse_networks(raw).err())
             .map(|e| e.to_string()),
     };
-    let mut claimed: BTreeMap<String, String> = BTreeMap::new(); // sysctl -> policy that set it
+    // sysctl -> the policy that set it
+    let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
     let mut refs = BTreeSet::new();
     for &(p, prepared) in matching {
-        let name = p.metadata.name.clone().unwrap_or_default();
+        let name = p.metadata.name.as_deref().unwrap_or_default();
         let generation = p.metadata.generation.unwrap_or(0);
         refs.insert(PolicyRef {
-            name: name.clone(),
+            name: name.to_string(),
             generation,
         });
         let spec_errors = &prepared.errors;
-        for (sysctl, value) in prepared.desired.iter().map(|(s, v)| (s.clone(), v.clone())) {
+        for (sysctl, value, checked) in &prepared.desired {
             let (outcome, delivery, reason, message, node_affinity) = if spec_errors.is_empty() {
-                ctx.step(p, &sysctl, &value, &claimed)
+                ctx.step(p, sysctl, checked, &claimed)
             } else {
-                let (reason, message) = invalid_spec_refusal(&sysctl, spec_errors);
+                let (reason, message) = invalid_spec_refusal(sysctl, spec_errors);
                 (Outcome::Refused, None, reason, message, None)
             };
             if let (Outcome::Injected, Some(req)) = (outcome, node_affinity) {
@@ -244,13 +256,13 @@ fn plan_with_own(
                     _ => &mut out.security_context,
                 }
                 .insert(sysctl.clone(), value.clone());
-                claimed.insert(sysctl.clone(), name.clone());
+                claimed.insert(sysctl, name);
             }
             out.decision.entries.push(DecisionEntry {
-                policy: name.clone(),
+                policy: name.to_string(),
                 generation,
-                sysctl,
-                value,
+                sysctl: sysctl.clone(),
+                value: value.clone(),
                 outcome,
                 delivery,
                 reason: reason.to_string(),
@@ -269,7 +281,7 @@ fn plan_with_own(
 
 /// What one planning pass knows about the pod besides the policies.
 struct PlanContext<'a> {
-    pod: PodContext,
+    pod: &'a PodContext,
     facts: &'a ClusterFacts,
     /// The pod's own sysctls (never overwritten).
     own: &'a BTreeMap<String, String>,
@@ -293,8 +305,8 @@ impl PlanContext<'_> {
         &self,
         p: &TuningPolicy,
         sysctl: &str,
-        value: &str,
-        claimed: &BTreeMap<String, String>,
+        checked: &Result<&'static SysctlInfo, SysctlError>,
+        claimed: &BTreeMap<&str, &str>,
     ) -> Step {
         if let Some(winner) = claimed.get(sysctl) {
             return (
@@ -314,7 +326,11 @@ impl PlanContext<'_> {
                 None,
             );
         }
-        match decide(sysctl, value, p.spec.delivery, self.facts, &self.pod) {
+        let decided = match checked {
+            Ok(info) => decide_checked(info, p.spec.delivery, self.facts, self.pod),
+            Err(e) => Err(Refusal::Sysctl(e.clone())),
+        };
+        match decided {
             Ok(d) if d.how == DeliveryDecision::TuningCni && self.networks_problem.is_some() => (
                 Outcome::Refused,
                 None,
