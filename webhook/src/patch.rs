@@ -174,14 +174,12 @@ fn replace(path: String, value: OpValue) -> Op {
 pub fn final_sysctls(pod: &Pod, plan: &Plan) -> Vec<(String, String)> {
     let mut out = current_sysctls(pod);
     // The entries' names normalised once (the plan's names are).
-    let mut names: Vec<String> = out.iter().map(|(n, _)| sysctl::normalize_name(n)).collect();
+    // (The plan's names are distinct, so only the pod's entries are searched.)
+    let names: Vec<String> = out.iter().map(|(n, _)| sysctl::normalize_name(n)).collect();
     for (name, value) in &plan.security_context {
         match names.iter().position(|n| n == name) {
             Some(i) => out[i].1.clone_from(value),
-            None => {
-                out.push((name.clone(), value.clone()));
-                names.push(name.clone());
-            }
+            None => out.push((name.clone(), value.clone())),
         }
     }
     out
