@@ -140,10 +140,11 @@ impl PreparedPolicy {
 /// 1. an invalid policy (any [`validate_spec`] error) contributes only `Refused` entries;
 /// 2. a sysctl already set by a higher-precedence policy is `Overridden`;
 /// 3. a sysctl the pod sets itself is `PodValueKept` (never overwritten);
-/// 4. [`kubetune_crds::facts::decide`] picks the delivery or refuses (node-level, host namespaces, PodSecurity, what
-///    the nodes the pod may run on accept — with a required node affinity when only some do —
-///    or the node groups of an override, tuning-CNI fallback); tuning CNI is also refused when
-///    the pod's own Multus selection annotation is unreadable (kubetune will not rewrite it);
+/// 4. [`kubetune_crds::facts::decide`] picks the delivery or refuses (node-level, host
+///    namespaces, PodSecurity, what the nodes the pod may run on accept — with a required node
+///    affinity when only some do — or the node groups of an override, tuning-CNI fallback);
+///    tuning CNI is also refused when the pod's own Multus selection annotation is unreadable
+///    (kubetune will not rewrite it);
 /// 5. `DryRun` policies record `WouldInject` and claim nothing.
 pub fn plan(
     pod: &Pod,
