@@ -187,34 +187,19 @@ impl PodDecision {
         let mut o = json::Out::new(64 + 64 * policies.len() + 320 * entries.len(), forms);
         o.lit("{\"version\":", "{\\\"version\\\":");
         o.int(*version);
-        o.lit(",\"policies\":[", ",\\\"policies\\\":[");
-        for (i, PolicyRef { name, generation }) in policies.iter().enumerate() {
-            if i > 0 {
-                o.lit(",", ",");
-            }
+        o.lit(",\"policies\":", ",\\\"policies\\\":");
+        o.list(policies, |o, PolicyRef { name, generation }| {
             o.lit("{\"name\":", "{\\\"name\\\":");
             o.string(name);
             o.lit(",\"generation\":", ",\\\"generation\\\":");
             o.int(*generation);
             o.lit("}", "}");
-        }
-        o.lit("],\"entries\":[", "],\\\"entries\\\":[");
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                o.lit(",", ",");
-            }
-            e.encode(&mut o);
-        }
-        o.lit("]", "]");
+        });
+        o.lit(",\"entries\":", ",\\\"entries\\\":");
+        o.list(entries, |o, e| e.encode(o));
         if !node_affinity.is_empty() {
-            o.lit(",\"nodeAffinity\":[", ",\\\"nodeAffinity\\\":[");
-            for (i, r) in node_affinity.iter().enumerate() {
-                if i > 0 {
-                    o.lit(",", ",");
-                }
-                r.encode(&mut o);
-            }
-            o.lit("]", "]");
+            o.lit(",\"nodeAffinity\":", ",\\\"nodeAffinity\\\":");
+            o.list(node_affinity, |o, r| r.encode(o));
         }
         o.lit("}", "}");
         o.finish()

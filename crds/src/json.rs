@@ -149,6 +149,18 @@ impl Out {
         }
     }
 
+    /// Appends the JSON array of `items`, each written by `each`.
+    pub fn list<T>(&mut self, items: &[T], mut each: impl FnMut(&mut Self, &T)) {
+        self.lit("[", "[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.lit(",", ",");
+            }
+            each(self, item);
+        }
+        self.lit("]", "]");
+    }
+
     /// Appends the decimal integer `n`.
     pub fn int(&mut self, n: impl itoa::Integer + Copy) {
         let mut b = itoa::Buffer::new();

@@ -284,14 +284,8 @@ impl NodeRequirement {
             o.string(k);
         }
         if !excluded_nodes.is_empty() {
-            o.lit(",\"excludedNodes\":[", ",\\\"excludedNodes\\\":[");
-            for (i, n) in excluded_nodes.iter().enumerate() {
-                if i > 0 {
-                    o.lit(",", ",");
-                }
-                o.string(n);
-            }
-            o.lit("]", "]");
+            o.lit(",\"excludedNodes\":", ",\\\"excludedNodes\\\":");
+            o.list(excluded_nodes, |o, n| o.string(n));
         }
         o.lit("}", "}");
     }
