@@ -288,8 +288,12 @@ async fn fixed_rate(
                 // Connection idle at the due time: tokio's timer wakes up to ~1 ms late, which is
                 // not the server's doing, so count from the actual send. Connection still busy
                 // with the previous review at the due time: count from the due time.
+                // (No sleep when backlogged: a timer whose deadline has passed still fires at
+                // the timer wheel's next tick, up to ~1 ms later, which would count that ms too.)
                 let backlogged = Instant::now() > due;
-                tokio::time::sleep_until(due.into()).await;
+                if !backlogged {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let from = if backlogged { due } else { Instant::now() };
                 let body = bodies[(i * per_client + k) % bodies.len()].clone();
                 let (code, _) = c.post("/mutate", body).await.expect("request");
@@ -338,6 +342,42 @@ fn ratio(real: &Figures, noop: &Figures) {
     );
 }
 
+/// The 99th percentile of one round's latencies, in seconds.
+fn p99(lat: &[Duration]) -> f64 {
+    let mut l = lat.to_vec();
+    l.sort();
+    l[((l.len() as f64 * 0.99) as usize).min(l.len() - 1)].as_secs_f64()
+}
+
+/// The p99 ratio of each pair of adjacent rounds (kubetune / no-op, same load, same seconds):
+/// their median, and from 6 pairs on the distribution-free 95% interval of that median (the
+/// order statistics k and n+1-k, with k the largest for which P(Binomial(n, 1/2) < k) <= 2.5%).
+/// A burst of load from elsewhere on the machine moves one pair, not the median.
+fn paired_ratio(mut ratios: Vec<f64>) {
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len();
+    let median = if n % 2 == 1 {
+        ratios[n / 2]
+    } else {
+        (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+    };
+    print!("  p99 ratio per round pair: median {median:.2} over {n} pairs");
+    if n >= 6 {
+        // P(X < k) for X ~ Binomial(n, 1/2), growing k while it stays <= 2.5%.
+        let below = |k: usize| (0..k).map(|j| binomial(n, j)).sum::<f64>() / 2f64.powi(n as i32);
+        let k = (1..n)
+            .take_while(|&k| below(k) <= 0.025)
+            .last()
+            .unwrap_or(1);
+        print!(", 95% interval {:.2}-{:.2}", ratios[k - 1], ratios[n - k]);
+    }
+    println!(" (min {:.2}, max {:.2})", ratios[0], ratios[n - 1]);
+}
+
+fn binomial(n: usize, k: usize) -> f64 {
+    (0..k).fold(1.0, |c, j| c * (n - j) as f64 / (j + 1) as f64)
+}
+
 /// The profiled case, `KT_BENCH_SHAPE=deployment|rollout|replica` for case c, b or a; d by default.
 fn profile_shape() -> Shape {
     match std::env::var("KT_BENCH_SHAPE").as_deref() {
@@ -354,6 +394,13 @@ fn main() {
     let rate = env("KT_BENCH_RATE", 5_000) as f64;
     let seconds = env("KT_BENCH_SECONDS", 4) as f64;
     let workers = env("KT_BENCH_WORKERS", 2);
+    // `KT_BENCH_RATE_ROUNDS=20`: the fixed-load phase in 20 alternating rounds (each
+    // KT_BENCH_SECONDS / 20 long), for the per-round p99 ratios' median and its interval.
+    let rate_rounds = env("KT_BENCH_RATE_ROUNDS", 4).max(1);
+    // `KT_BENCH_CASES=bd` runs only those cases, `KT_BENCH_LOADS=rate` (or `saturation`) only
+    // that load: to repeat one figure many times in the time of a whole run.
+    let cases_wanted = std::env::var("KT_BENCH_CASES").unwrap_or_else(|_| "abcd".into());
+    let loads = std::env::var("KT_BENCH_LOADS").unwrap_or_else(|_| "saturation,rate".into());
     let per_client = requests / clients;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -464,8 +511,9 @@ fn main() {
             ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector that does not select it): answered from the plan-input memo"),
             ("d", Shape::Unplanned, "every review a pod never planned (new nodeSelector zone): planned and patched from scratch"),
         ];
+        let cases: Vec<_> = cases.into_iter().filter(|(l, ..)| cases_wanted.contains(l)).collect();
         let per_round = per_client / ROUNDS;
-        for (letter, shape, title) in cases {
+        for &(letter, shape, title) in cases.iter().filter(|_| loads.contains("saturation")) {
             println!("\n1{letter}) saturation, {title} (closed loop, {} reviews per client in {ROUNDS} alternating rounds):", per_round * ROUNDS);
             header();
             let (mut n, mut r) = (Vec::new(), Vec::new());
@@ -485,12 +533,12 @@ fn main() {
             ratio(&real, &noop);
         }
 
-        let part = seconds / ROUNDS as f64;
-        for (letter, shape, title) in cases {
-            println!("\n2{letter}) {title}, at a fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {ROUNDS} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):");
+        let part = seconds / rate_rounds as f64;
+        for &(letter, shape, title) in cases.iter().filter(|_| loads.contains("rate")) {
+            println!("\n2{letter}) {title}, at a fixed offered load {rate:.0} reviews/s, {seconds:.0} s each (open loop in {rate_rounds} alternating rounds; latency from the send, or from the scheduled time when the connection was still busy):");
             header();
             let (mut n, mut r) = (Vec::new(), Vec::new());
-            for i in 0..ROUNDS {
+            for i in 0..rate_rounds {
                 let bodies = bodies(shape, &format!("f{i}-"), (rate * part) as usize + clients);
                 if i % 2 == 0 {
                     n.push(fixed_rate(a2, &ca, clients, rate, part, bodies.clone()).await);
@@ -500,10 +548,12 @@ fn main() {
                     n.push(fixed_rate(a2, &ca, clients, rate, part, bodies).await);
                 }
             }
+            let paired: Vec<f64> = n.iter().zip(&r).map(|(n, r)| p99(&r.lat) / p99(&n.lat)).collect();
             let (noop, real) = (figures(n), figures(r));
             row("kubetune /mutate", &real);
             row("no-op (same TLS stack)", &noop);
             ratio(&real, &noop);
+            paired_ratio(paired);
         }
         println!("\ntargets: >= 5000 reviews/s on 2 cores; p99 <= 1.5x no-op");
     });
