@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec, NodeStatus, NodeSystemInfo, Pod,
+    Taint, Toleration,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,10 @@ pub struct NodeFacts {
     /// `false` when the node is cordoned (`spec.unschedulable`).
     #[serde(default = "yes")]
     pub schedulable: bool,
+    /// The node's taints that keep pods off it (effect `NoSchedule` or `NoExecute`), but the
+    /// cordon taint (that is `schedulable`); a pod may run on the node only if it tolerates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<NodeTaint>,
     /// `status.nodeInfo.kubeletVersion`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubelet_version: Option<KubeVersion>,
@@ -40,6 +45,18 @@ pub struct NodeFacts {
     /// The tuning CNI plugin on the node.
     #[serde(default)]
     pub tuning_cni: TuningCniState,
+}
+
+/// A taint of a node that keeps pods which do not tolerate it off the node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeTaint {
+    /// Taint key.
+    pub key: String,
+    /// Taint value (absent: empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule` or `NoExecute`.
+    pub effect: String,
 }
 
 fn yes() -> bool {
@@ -94,6 +111,13 @@ pub fn node_facts(nodes: &[&Node], tunings: &[&NodeTuning]) -> Vec<NodeFacts> {
                     .as_ref()
                     .and_then(|s| s.unschedulable)
                     .unwrap_or(false),
+                taints: repelling(n.spec.as_ref().and_then(|s| s.taints.as_deref()))
+                    .map(|t| NodeTaint {
+                        key: t.key.clone(),
+                        value: t.value.clone(),
+                        effect: t.effect.clone(),
+                    })
+                    .collect(),
                 kubelet_version: n
                     .status
                     .as_ref()
@@ -115,13 +139,34 @@ pub fn node_facts(nodes: &[&Node], tunings: &[&NodeTuning]) -> Vec<NodeFacts> {
     out
 }
 
+/// The taint the node controller puts on a cordoned node (read as `spec.unschedulable`).
+const CORDON_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// The taints that keep an intolerant pod off a node (`NoSchedule`, `NoExecute`; not
+/// `PreferNoSchedule`, and not the cordon taint).
+fn repelling(taints: Option<&[Taint]>) -> impl Iterator<Item = &Taint> {
+    taints
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+        .filter(|t| t.key != CORDON_TAINT)
+}
+
 /// Keep only what [`node_facts`] reads of a Node (name, labels, `spec.unschedulable`, the
-/// kubelet version): a reflector of slim Nodes costs little memory in a large cluster.
+/// taints that keep pods off it, the kubelet version): a reflector of slim Nodes costs little
+/// memory in a large cluster.
 pub fn slim_node(node: &mut Node) {
     node.metadata.managed_fields = None;
     node.metadata.annotations = None;
+    let taints: Vec<Taint> = repelling(node.spec.as_ref().and_then(|s| s.taints.as_deref()))
+        .map(|t| Taint {
+            time_added: None,
+            ..t.clone()
+        })
+        .collect();
     node.spec = Some(NodeSpec {
         unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable),
+        taints: (!taints.is_empty()).then_some(taints),
         ..Default::default()
     });
     let version = node
@@ -140,7 +185,7 @@ pub fn slim_node(node: &mut Node) {
 
 /// Where the scheduler may put a pod: its `nodeName`, `nodeSelector` and required node affinity
 /// (the terms are ORed, each term's requirements ANDed), minus kubetune's own requirements from
-/// an earlier admission (so re-invocation decides the same).
+/// an earlier admission (so re-invocation decides the same), on nodes whose taints it tolerates.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Placement {
     /// `spec.nodeName`.
@@ -149,6 +194,8 @@ pub struct Placement {
     pub node_selector: BTreeMap<String, String>,
     /// `requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms`; empty = no constraint.
     pub required_terms: Vec<NodeSelectorTerm>,
+    /// `spec.tolerations`.
+    pub tolerations: Vec<Toleration>,
 }
 
 impl Placement {
@@ -185,10 +232,13 @@ impl Placement {
                 .and_then(|s| s.node_selector.clone())
                 .unwrap_or_default(),
             required_terms,
+            tolerations: spec.and_then(|s| s.tolerations.clone()).unwrap_or_default(),
         }
     }
 
-    /// May the scheduler put the pod on `node`?
+    /// May the pod run on `node`? Its node selection must hold, and it must tolerate the node's
+    /// taints unless it names its node (then the scheduler, which checks taints, is bypassed:
+    /// the node stays a candidate).
     pub fn may_run_on(&self, node: &NodeFacts) -> bool {
         self.node_name.as_ref().is_none_or(|n| *n == node.name)
             && self
@@ -197,7 +247,31 @@ impl Placement {
                 .all(|(k, v)| node.labels.get(k) == Some(v))
             && (self.required_terms.is_empty()
                 || self.required_terms.iter().any(|t| term_matches(t, node)))
+            && (self.node_name.is_some()
+                || node
+                    .taints
+                    .iter()
+                    .all(|t| self.tolerations.iter().any(|o| tolerates(o, t))))
     }
+}
+
+/// The scheduler's rule for one toleration and one taint: the effect (empty: any) and the key
+/// (empty: any, with `Exists`) match, and `Exists`, or `Equal` (the default) with the same value.
+/// An operator kubetune does not know counts as tolerating: the node then stays among those the
+/// pod may run on, so what kubetune injects is what that node accepts too.
+fn tolerates(o: &Toleration, t: &NodeTaint) -> bool {
+    let effect = o
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == t.effect);
+    let key = o.key.as_deref().is_none_or(|k| k.is_empty() || k == t.key);
+    effect
+        && key
+        && match o.operator.as_deref().unwrap_or("Equal") {
+            "Exists" => true,
+            "Equal" | "" => o.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or(""),
+            _ => true,
+        }
 }
 
 /// A term without requirements (it matches no node).
@@ -365,7 +439,9 @@ pub fn unsafe_on_nodes(
         return Err("kubetune sees no nodes yet".into());
     }
     if candidates.is_empty() {
-        return Err("no node kubetune knows matches the pod's node selection".into());
+        return Err(
+            "no node kubetune knows matches the pod's node selection and tolerations".into(),
+        );
     }
     let refusing: Vec<&NodeFacts> = candidates
         .iter()

@@ -25,6 +25,7 @@ fn node(name: &str, pool: &str, accepts: &[&str]) -> NodeFacts {
         name: name.into(),
         labels,
         schedulable: true,
+        taints: vec![],
         kubelet_version: Some(KubeVersion::new(1, 36)),
         accepted: Some(accepts.iter().map(|s| s.to_string()).collect()),
         refused: vec![],
@@ -114,6 +115,127 @@ fn where_a_pod_may_run() {
         let p = placed(spec.clone());
         assert_eq!((p.may_run_on(&a), p.may_run_on(&b)), (on_a, on_b), "{spec}");
     }
+}
+
+/// A node tainted `taints` (`[key, value, effect]`).
+fn tainted(name: &str, accepts: &[&str], taints: &[[&str; 3]]) -> NodeFacts {
+    let mut n = node(name, "ingress", accepts);
+    n.taints = taints
+        .iter()
+        .map(|[k, v, e]| {
+            serde_json::from_value(json!({"key": k, "value": v, "effect": e})).unwrap()
+        })
+        .collect();
+    n
+}
+
+#[test]
+fn a_pod_may_run_only_where_it_tolerates_the_taints() {
+    let dedicated = tainted("d", &[], &[["dedicated", "ingress", "NoSchedule"]]);
+    let both = tainted(
+        "e",
+        &[],
+        &[
+            ["dedicated", "ingress", "NoSchedule"],
+            ["gpu", "", "NoExecute"],
+        ],
+    );
+    let tol = |t: Value| json!({"tolerations": t});
+    // (pod spec, may run on d, may run on e)
+    let cases = [
+        (json!({}), false, false),
+        (
+            tol(
+                json!([{"key": "dedicated", "operator": "Equal", "value": "ingress", "effect": "NoSchedule"}]),
+            ),
+            true,
+            false,
+        ),
+        // Equal is the default operator; an empty effect matches every effect.
+        (
+            tol(json!([{"key": "dedicated", "value": "ingress"}])),
+            true,
+            false,
+        ),
+        (
+            tol(json!([{"key": "dedicated", "value": "batch"}])),
+            false,
+            false,
+        ),
+        (
+            tol(json!([{"key": "dedicated", "value": "ingress", "effect": "NoExecute"}])),
+            false,
+            false,
+        ),
+        (
+            tol(json!([{"key": "dedicated", "operator": "Exists"}])),
+            true,
+            false,
+        ),
+        (
+            tol(
+                json!([{"key": "dedicated", "operator": "Exists"}, {"key": "gpu", "operator": "Exists", "effect": "NoExecute"}]),
+            ),
+            true,
+            true,
+        ),
+        // An empty key with Exists tolerates every taint.
+        (tol(json!([{"operator": "Exists"}])), true, true),
+        (
+            tol(json!([{"operator": "Exists", "effect": "NoSchedule"}])),
+            true,
+            false,
+        ),
+        // An operator kubetune does not know keeps the node a candidate.
+        (
+            tol(json!([{"key": "dedicated", "operator": "Gt", "value": "1"}])),
+            true,
+            false,
+        ),
+        // A pod that names its node bypasses the scheduler (and its taint check).
+        (json!({"nodeName": "d"}), true, false),
+    ];
+    for (spec, on_d, on_e) in cases {
+        let p = placed(spec.clone());
+        assert_eq!(
+            (p.may_run_on(&dedicated), p.may_run_on(&both)),
+            (on_d, on_e),
+            "{spec}"
+        );
+    }
+}
+
+#[test]
+fn taints_the_pod_does_not_tolerate_take_their_nodes_out_of_the_decision() {
+    // Only the tainted pool accepts somaxconn: a pod that does not tolerate the taint is refused
+    // (it could never be scheduled there), one that does gets it without a node affinity when
+    // the pool is all it may run on, and with one when it may also run on the general pool.
+    let nodes = facts(vec![
+        tainted("d", &[SOMAXCONN], &[["dedicated", "ingress", "NoSchedule"]]),
+        node("g", "general", &[]),
+    ]);
+    let ctx = |spec: Value| PodContext {
+        placement: placed(spec),
+        ..Default::default()
+    };
+    let tolerating = json!([{"key": "dedicated", "operator": "Exists"}]);
+    let e = decide(SOMAXCONN, "4096", Delivery::Auto, &nodes, &ctx(json!({}))).unwrap_err();
+    assert_eq!(e.reason(), "RefusedUnsafeSysctl");
+    let why = e.to_string();
+    assert!(
+        why.contains("g (not in its kubelet's") && !why.contains("d ("),
+        "{why}"
+    );
+    let pool_only = json!({"tolerations": tolerating, "nodeSelector": {"pool": "ingress"}});
+    let d = decide(SOMAXCONN, "4096", Delivery::Auto, &nodes, &ctx(pool_only)).unwrap();
+    assert_eq!(d.node_affinity, None, "{d:?}");
+    let anywhere = json!({"tolerations": tolerating});
+    let d = decide(SOMAXCONN, "4096", Delivery::Auto, &nodes, &ctx(anywhere)).unwrap();
+    assert_eq!(
+        d.node_affinity.map(|r| r.label_key),
+        Some(Some(LABEL.into())),
+        "only the tainted pool accepts it"
+    );
 }
 
 #[test]
@@ -401,11 +523,31 @@ fn facts_resolve_from_nodes_tunings_and_the_optional_override() {
 #[test]
 fn slim_nodes_keep_what_the_facts_read() {
     let mut n = k8s_node("a", "v1.36.2", json!({LABEL: "allowed"}), true);
+    n.spec.as_mut().unwrap().taints = Some(serde_json::from_value(json!([
+        {"key": "dedicated", "value": "ingress", "effect": "NoSchedule", "timeAdded": "2026-12-01T00:00:00Z"},
+        {"key": "gpu", "effect": "NoExecute"},
+        {"key": "spot", "effect": "PreferNoSchedule"},
+        {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+    ])).unwrap());
     let before = ClusterFacts::resolve(None, &[&n], &[]).unwrap();
+    // The taints that keep pods off the node, without the cordon taint (that is
+    // `schedulable`).
+    let keys: Vec<(&str, Option<&str>)> = before.nodes[0]
+        .taints
+        .iter()
+        .map(|t| (t.key.as_str(), t.value.as_deref()))
+        .collect();
+    assert_eq!(keys, [("dedicated", Some("ingress")), ("gpu", None)]);
     kubetune_crds::placement::slim_node(&mut n);
     let after = ClusterFacts::resolve(None, &[&n], &[]).unwrap();
     assert_eq!(before, after);
     let v = serde_json::to_value(&n).unwrap();
+    assert!(
+        v["spec"]["taints"]
+            .as_array()
+            .is_some_and(|t| t.len() == 2 && t[0].get("timeAdded").is_none()),
+        "{v}"
+    );
     assert!(
         v["status"].get("images").is_none() && v["metadata"].get("annotations").is_none(),
         "{v}"

@@ -273,6 +273,9 @@ fn somaxconn_truth() -> Somaxconn {
                         .as_array()
                         .is_some_and(|l| l.iter().any(|r| r["name"] == "net.core.somaxconn"))
             });
+        if !reachable(n) {
+            continue; // a plain pod cannot run there: not part of its decision
+        }
         let schedulable = n["spec"]["unschedulable"] != true;
         if ok && schedulable {
             accepting.push(name.to_string());
@@ -283,6 +286,42 @@ fn somaxconn_truth() -> Somaxconn {
         (true, _) => Somaxconn::Nowhere,
         (false, true) => Somaxconn::Everywhere,
         (false, false) => Somaxconn::SomeNodes(accepting),
+    }
+}
+
+/// Can a pod without tolerations of its own be scheduled to node `n` (as far as taints go)? It
+/// carries only the tolerations every pod gets (not-ready and unreachable, `NoExecute`); the
+/// cordon taint is `spec.unschedulable`'s.
+fn reachable(n: &Value) -> bool {
+    let taints = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    taints.iter().all(|t| {
+        let (key, effect) = (t["key"].as_str().unwrap_or(""), &t["effect"]);
+        let default_tolerated = effect == "NoExecute"
+            && [
+                "node.kubernetes.io/not-ready",
+                "node.kubernetes.io/unreachable",
+            ]
+            .contains(&key);
+        effect == "PreferNoSchedule"
+            || key == "node.kubernetes.io/unschedulable"
+            || default_tolerated
+    })
+}
+
+/// Taints node `.0` with key `.1` (`NoSchedule`) for as long as it lives.
+struct Tainted(String, String);
+
+impl Tainted {
+    fn new(node: &str, key: &str) -> Self {
+        let taint = format!("{key}=e2e:NoSchedule");
+        kubectl(&["taint", "node", node, &taint, "--overwrite"], None).expect("taint the node");
+        Tainted(node.into(), key.into())
+    }
+}
+
+impl Drop for Tainted {
+    fn drop(&mut self) {
+        let _ = kubectl(&["taint", "node", &self.0, &format!("{}-", self.1)], None);
     }
 }
 
@@ -546,6 +585,68 @@ fn pods_pinned_to_each_node_get_what_that_node_accepts() {
             },
         );
     }
+}
+
+/// A node tainted for the test (`NoSchedule`, removed when the test ends): a pod pinned to it
+/// that does not tolerate the taint is decided without it (refused: no node it may run on),
+/// the same pod tolerating it is decided by what that node accepts, and starts.
+#[test]
+fn a_taint_the_pod_does_not_tolerate_keeps_its_node_out_of_the_decision() {
+    let Some((_g, ns)) = setup("taints", &[]) else {
+        return;
+    };
+    let nodes = get_json(&["get", "nodes", "-o", "json"]);
+    let Some(node) = nodes["items"].as_array().unwrap().iter().find(|n| {
+        n["spec"]["unschedulable"] != true
+            && n["spec"]["taints"].as_array().is_none_or(|t| t.is_empty())
+    }) else {
+        eprintln!("no untainted schedulable node to taint; nothing to test");
+        return;
+    };
+    let name = node["metadata"]["name"].as_str().unwrap().to_string();
+    let accepts = node["metadata"]["labels"]["sysctl.kubetune.dev/net.core.somaxconn"] == "allowed";
+    ns.apply(policy(
+        "backlog",
+        "web",
+        json!({"sysctls": [{"name": "net.core.somaxconn", "value": "8192"}]}),
+    ))
+    .unwrap();
+    let key = format!("kubetune.dev/{}", ns.name);
+    let _tainted = Tainted::new(&name, &key);
+    let pinned = json!({"nodeSelector": {"kubernetes.io/hostname": name}});
+    // The webhook sees the taint through its node cache within seconds: until then a pinned
+    // pod is still decided with the node. Intolerant pods stay Pending (the scheduler agrees).
+    let mut tries = 0;
+    wait_for(
+        "the webhook to see the taint",
+        Duration::from_secs(60),
+        || {
+            tries += 1;
+            let pod_name = format!("web-intolerant-{tries}");
+            ns.apply(pod(&pod_name, "web", pinned.clone())).unwrap();
+            let d = decision(&ns.get("pod", &pod_name));
+            let e = &d.entries[0];
+            let refused = e.outcome == Outcome::Refused && e.message.contains("tolerations");
+            refused.then(String::new)
+        },
+    );
+    let mut spec = pinned.clone();
+    spec["tolerations"] = json!([{"key": key, "operator": "Exists", "effect": "NoSchedule"}]);
+    ns.apply(pod("web-tolerant", "web", spec)).unwrap();
+    let d = decision(&ns.get("pod", "web-tolerant"));
+    let e = &d.entries[0];
+    if accepts {
+        assert_eq!(e.outcome, Outcome::Injected, "{name}: {d:?}");
+        assert!(d.node_affinity.is_empty(), "{name}: {d:?}");
+    } else {
+        assert_eq!(e.outcome, Outcome::Refused, "{name}: {d:?}");
+        assert!(e.message.contains(&name), "{name}: {}", e.message);
+    }
+    wait_for("web-tolerant running", Duration::from_secs(120), || {
+        let p = ns.get("pod", "web-tolerant");
+        assert_ne!(p["status"]["reason"], "SysctlForbidden", "{p}");
+        (p["status"]["phase"] == "Running").then(String::new)
+    });
 }
 
 #[test]

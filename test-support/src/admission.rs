@@ -84,6 +84,7 @@ pub fn node(name: &str, pool: &str, accepts: &[&str]) -> NodeFacts {
         name: name.into(),
         labels,
         schedulable: true,
+        taints: vec![],
         kubelet_version: Some(KubeVersion::new(1, 36)),
         accepted: Some(accepts.iter().map(|s| s.to_string()).collect()),
         refused: vec![],

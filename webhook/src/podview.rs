@@ -2,7 +2,8 @@
 //!
 //! A full `k8s_openapi` Pod decode (containers, probes, quantities, ...) is most of the cost of
 //! an admission request; the webhook needs metadata (name, namespace, labels, annotations) and
-//! `spec.{hostNetwork, hostIPC, nodeName, nodeSelector, affinity, securityContext.sysctls}` — and
+//! `spec.{hostNetwork, hostIPC, nodeName, nodeSelector, affinity, tolerations,
+//! securityContext.sysctls}` — and
 //! whether `spec`, `securityContext` and `sysctls` are present, which the patch depends on. Everything else is
 //! skipped without being materialised.
 //!
@@ -15,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, Pod, PodSecurityContext, PodSpec, Sysctl};
+use k8s_openapi::api::core::v1::{Affinity, Pod, PodSecurityContext, PodSpec, Sysctl, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kubetune_crds::decision::{
     DECISION_ANNOTATION, MULTUS_NETWORKS_ANNOTATION, SUMMARY_ANNOTATION,
@@ -94,6 +95,8 @@ struct SpecSubset {
     node_selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
     affinity: Option<Affinity>,
+    #[serde(default)]
+    tolerations: Option<Vec<Toleration>>,
     #[serde(default, deserialize_with = "object")]
     security_context: Option<SecurityContextSubset>,
 }
@@ -191,6 +194,7 @@ impl PodSubset {
                 node_name: s.node_name,
                 node_selector: s.node_selector,
                 affinity: s.affinity,
+                tolerations: s.tolerations,
                 security_context: s.security_context.map(|sc| PodSecurityContext {
                     sysctls: sc.sysctls.map(|l| {
                         l.into_iter()

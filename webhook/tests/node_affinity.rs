@@ -247,3 +247,49 @@ fn override_groups_with_a_refusing_node_exclude_it_by_name_only() {
     );
     assert_eq!(decision(&doc).entries[0].outcome, Outcome::Injected);
 }
+
+#[test]
+fn taints_the_pod_does_not_tolerate_leave_their_nodes_out_through_the_whole_review() {
+    // Only the tainted pool accepts somaxconn. Through /mutate (the review decoded as the
+    // webhook decodes it, plan-input memo included): a pod that does not tolerate the taint
+    // could never run there and is refused; the same pod tolerating it gets somaxconn with the
+    // node affinity, never the other's memoised answer.
+    use kubetune_webhook::admission::{mutate, Config};
+    let mut dedicated = node("d", "ingress", &["net.core.somaxconn"]);
+    dedicated.taints = vec![serde_json::from_value(
+        json!({"key": "dedicated", "value": "ingress", "effect": "NoSchedule"}),
+    )
+    .unwrap()];
+    let f = node_truth(vec![dedicated, node("g", "general", &[])]);
+    let snap = kubetune_test_support::webhook::snapshot(somaxconn(), f);
+    let cfg = Config::new("kubetune-system", &[]);
+    let answer = |spec: Value, uid: &str| {
+        let p = serde_json::to_value(pod(json!({ "spec": spec }))).unwrap();
+        let r = review_of("Pod", &p["metadata"]["namespace"], &p, uid);
+        let a = mutate(r.to_string().as_bytes(), &snap, &cfg).unwrap();
+        let mut doc = p.clone();
+        json_patch::patch(&mut doc, &a.patch().expect("a patch (the record at least)")).unwrap();
+        doc
+    };
+    for round in 0..2 {
+        let intolerant = answer(json!({}), &format!("u-{round}-a"));
+        let d = decision(&intolerant);
+        assert_eq!(d.entries[0].outcome, Outcome::Refused, "{d:?}");
+        assert!(d.entries[0].message.contains("g ("), "{d:?}");
+        assert!(
+            intolerant["spec"]["securityContext"].is_null(),
+            "{intolerant}"
+        );
+        let tolerating = answer(
+            json!({"tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]}),
+            &format!("u-{round}-b"),
+        );
+        let d = decision(&tolerating);
+        assert_eq!(d.entries[0].outcome, Outcome::Injected, "{d:?}");
+        assert_eq!(
+            tolerating["spec"]["securityContext"]["sysctls"][0]["name"],
+            json!("net.core.somaxconn")
+        );
+        assert_eq!(terms(&tolerating)[0]["matchExpressions"][0], ours());
+    }
+}
