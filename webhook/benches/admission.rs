@@ -80,7 +80,11 @@ fn review_body_in(
                  "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}, "env": [{"name": "MODE", "value": "prod"}]},
                 {"name": "envoy", "image": "envoyproxy/envoy:v1.31", "args": ["-c", "/etc/envoy/envoy.yaml"],
                  "volumeMounts": [{"name": "cfg", "mountPath": "/etc/envoy"}]}],
-            "volumes": [{"name": "cfg", "configMap": {"name": "envoy"}}]}});
+            "volumes": [{"name": "cfg", "configMap": {"name": "envoy"}}],
+            // What the apiserver's DefaultTolerationSeconds plugin adds before webhooks run.
+            "tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]}});
     if let Some(zone) = zone {
         pod["spec"]["nodeSelector"]["topology.kubernetes.io/zone"] = json!(zone);
     }
