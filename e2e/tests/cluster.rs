@@ -565,26 +565,32 @@ fn pods_pinned_to_each_node_get_what_that_node_accepts() {
             json!({"nodeSelector": {"kubernetes.io/hostname": name}}),
         ))
         .unwrap();
-        let p = ns.get("pod", &pod_name);
-        let d = decision(&p);
-        let e = &d.entries[0];
-        if accepts {
-            assert_eq!(e.outcome, Outcome::Injected, "{name}: {d:?}");
-            assert!(d.node_affinity.is_empty(), "{name}: {d:?}");
-        } else {
-            assert_eq!(e.outcome, Outcome::Refused, "{name}: {d:?}");
-            assert!(e.message.contains(name), "{name}: {}", e.message);
-        }
-        wait_for(
-            &format!("{pod_name} running on {name}"),
-            Duration::from_secs(120),
-            || {
-                let p = ns.get("pod", &pod_name);
-                assert_ne!(p["status"]["reason"], "SysctlForbidden", "{p}");
-                (p["status"]["phase"] == "Running").then(String::new)
-            },
-        );
+        decided_by_its_node(&ns, &pod_name, name, accepts);
     }
+}
+
+/// Pod `pod_name`, pinned to node `name`, was decided as that node decides (somaxconn injected
+/// without a node affinity where it `accepts` it, refused naming the node where not), and
+/// starts there (never SysctlForbidden).
+fn decided_by_its_node(ns: &TestNs, pod_name: &str, name: &str, accepts: bool) {
+    let d = decision(&ns.get("pod", pod_name));
+    let e = &d.entries[0];
+    if accepts {
+        assert_eq!(e.outcome, Outcome::Injected, "{name}: {d:?}");
+        assert!(d.node_affinity.is_empty(), "{name}: {d:?}");
+    } else {
+        assert_eq!(e.outcome, Outcome::Refused, "{name}: {d:?}");
+        assert!(e.message.contains(name), "{name}: {}", e.message);
+    }
+    wait_for(
+        &format!("{pod_name} running on {name}"),
+        Duration::from_secs(120),
+        || {
+            let p = ns.get("pod", pod_name);
+            assert_ne!(p["status"]["reason"], "SysctlForbidden", "{p}");
+            (p["status"]["phase"] == "Running").then(String::new)
+        },
+    );
 }
 
 /// A node tainted for the test (`NoSchedule`, removed when the test ends): a pod pinned to it
@@ -633,20 +639,7 @@ fn a_taint_the_pod_does_not_tolerate_keeps_its_node_out_of_the_decision() {
     let mut spec = pinned.clone();
     spec["tolerations"] = json!([{"key": key, "operator": "Exists", "effect": "NoSchedule"}]);
     ns.apply(pod("web-tolerant", "web", spec)).unwrap();
-    let d = decision(&ns.get("pod", "web-tolerant"));
-    let e = &d.entries[0];
-    if accepts {
-        assert_eq!(e.outcome, Outcome::Injected, "{name}: {d:?}");
-        assert!(d.node_affinity.is_empty(), "{name}: {d:?}");
-    } else {
-        assert_eq!(e.outcome, Outcome::Refused, "{name}: {d:?}");
-        assert!(e.message.contains(&name), "{name}: {}", e.message);
-    }
-    wait_for("web-tolerant running", Duration::from_secs(120), || {
-        let p = ns.get("pod", "web-tolerant");
-        assert_ne!(p["status"]["reason"], "SysctlForbidden", "{p}");
-        (p["status"]["phase"] == "Running").then(String::new)
-    });
+    decided_by_its_node(&ns, "web-tolerant", &name, accepts);
 }
 
 #[test]
