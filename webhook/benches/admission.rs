@@ -202,7 +202,7 @@ fn figures(runs: Vec<Run>) -> Figures {
     let cpu: Duration = runs.iter().map(|r| r.cpu).sum();
     let mut all: Vec<Duration> = runs.into_iter().flat_map(|r| r.lat).collect();
     all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let pct = |p: f64| percentile(&all, p);
     Figures {
         rps: all.len() as f64 / wall.as_secs_f64(),
         p50: pct(0.50),
@@ -346,11 +346,16 @@ fn ratio(real: &Figures, noop: &Figures) {
     );
 }
 
+/// The `p` quantile of `sorted` latencies.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
 /// The 99th percentile of one round's latencies, in seconds.
 fn p99(lat: &[Duration]) -> f64 {
     let mut l = lat.to_vec();
     l.sort();
-    l[((l.len() as f64 * 0.99) as usize).min(l.len() - 1)].as_secs_f64()
+    percentile(&l, 0.99).as_secs_f64()
 }
 
 /// The p99 ratio of each pair of adjacent rounds (kubetune / no-op, same load, same seconds):

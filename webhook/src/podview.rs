@@ -3,9 +3,8 @@
 //! A full `k8s_openapi` Pod decode (containers, probes, quantities, ...) is most of the cost of
 //! an admission request; the webhook needs metadata (name, namespace, labels, annotations) and
 //! `spec.{hostNetwork, hostIPC, nodeName, nodeSelector, affinity, tolerations,
-//! securityContext.sysctls}` — and
-//! whether `spec`, `securityContext` and `sysctls` are present, which the patch depends on. Everything else is
-//! skipped without being materialised.
+//! securityContext.sysctls}` — and whether `spec`, `securityContext` and `sysctls` are present,
+//! which the patch depends on. Everything else is skipped without being materialised.
 //!
 //! [`PodSubset`] is exactly what plan + patch read of the pod. [`PodSubset::plan_input`] narrows
 //! it further to what they read once the policies that select the pod are known (kubetune's own
