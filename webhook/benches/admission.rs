@@ -291,9 +291,9 @@ async fn fixed_rate(
                 let due = start + offset + interval * k as u32;
                 // Connection idle at the due time: tokio's timer wakes up to ~1 ms late, which is
                 // not the server's doing, so count from the actual send. Connection still busy
-                // with the previous review at the due time: count from the due time.
-                // (No sleep when backlogged: a timer whose deadline has passed still fires at
-                // the timer wheel's next tick, up to ~1 ms later, which would count that ms too.)
+                // with the previous review at the due time: send at once and count from the due
+                // time (a timer whose deadline has passed would still wait for the timer wheel's
+                // next tick, up to ~1 ms, and that wait would be counted).
                 let backlogged = Instant::now() > due;
                 if !backlogged {
                     tokio::time::sleep_until(due.into()).await;

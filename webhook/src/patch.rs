@@ -173,8 +173,8 @@ fn replace(path: String, value: OpValue) -> Op {
 /// records them as `PodValueKept`), so they are never changed.
 pub fn final_sysctls(pod: &Pod, plan: &Plan) -> Vec<(String, String)> {
     let mut out = current_sysctls(pod);
-    // The entries' names normalised once (the plan's names are).
-    // (The plan's names are distinct, so only the pod's entries are searched.)
+    // The pod's names normalised once; the plan's are normalised and distinct, so only the
+    // pod's entries are searched.
     let names: Vec<String> = out.iter().map(|(n, _)| sysctl::normalize_name(n)).collect();
     for (name, value) in &plan.security_context {
         match names.iter().position(|n| n == name) {
