@@ -35,30 +35,37 @@ pub fn push_escaped(out: &mut String, s: &str) {
 }
 
 /// True when `s` needs no escaping (no `"`, `\\` or control character): its JSON string literal
-/// is `s` in quotes. Eight bytes at a time (`(x - 0x01..) & !x & 0x80..` is non-zero exactly
-/// when a byte of `x` is zero; for `< 0x20` it is the same test against `0x20..`).
+/// is `s` in quotes.
 pub fn plain(s: &str) -> bool {
+    special_at(s.as_bytes()).is_none()
+}
+
+/// The offset of the first `"`, `\\` or control byte of `bytes`: where a JSON string's contents
+/// stop being read verbatim. Eight bytes at a time: `(x - 0x01..) & !x & 0x80..` flags the bytes
+/// of `x` that are zero (for `< 0x20`, the same test against `0x20..`); bytes above a flagged one
+/// may be flagged wrongly, the lowest flag never is.
+#[inline]
+pub fn special_at(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::MAX / 255;
     const HIGH: u64 = ONES * 0x80;
-    let special = |x: u64| {
+    let mut i = 0;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
         let quote = x ^ (ONES * b'"' as u64);
         let backslash = x ^ (ONES * b'\\' as u64);
-        ((x.wrapping_sub(ONES * 0x20) & !x)
+        let flags = ((x.wrapping_sub(ONES * 0x20) & !x)
             | (quote.wrapping_sub(ONES) & !quote)
             | (backslash.wrapping_sub(ONES) & !backslash))
-            & HIGH
-            != 0
-    };
-    let mut chunks = s.as_bytes().chunks_exact(8);
-    for c in &mut chunks {
-        if special(u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
-            return false;
+            & HIGH;
+        if flags != 0 {
+            return Some(i + flags.trailing_zeros() as usize / 8);
         }
+        i += 8;
     }
-    chunks
-        .remainder()
+    let at = bytes[i..]
         .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')?;
+    Some(i + at)
 }
 
 /// Appends the decimal integer `n`.
@@ -224,6 +231,19 @@ mod tests {
                 }
             }
         }
+        // The first special byte among several, wherever they fall in the words.
+        let special = |c: &u8| *c < 0x20 || *c == b'"' || *c == b'\\';
+        for (first, second) in [(b'"', b'\\'), (b'\\', 0u8), (0x1f, b'"'), (b'"', b'"')] {
+            for at in 0..20 {
+                for then in at + 1..21 {
+                    let mut s = "ÿ".repeat(11).into_bytes();
+                    s[at] = first;
+                    s[then] = second;
+                    assert_eq!(special_at(&s), s.iter().position(special), "{s:?}");
+                }
+            }
+        }
+        assert_eq!(special_at("ÿ".repeat(11).as_bytes()), None);
         let mut n = String::new();
         push_int(&mut n, -42i64);
         push_int(&mut n, 7u32);

@@ -37,6 +37,18 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
     compile(selector).is_some_and(|s| s.matches(labels))
 }
 
+/// The label keys `selector` reads: whether it selects an object never depends on the object's
+/// labels under other keys.
+pub fn selector_keys(selector: &LabelSelector) -> impl Iterator<Item = &str> {
+    let labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.as_str());
+    let exprs = selector.match_expressions.iter().flatten();
+    labels.chain(exprs.map(|e| e.key.as_str()))
+}
+
 /// What is wrong with `selector` (empty = valid): unknown operators, `In`/`NotIn` without
 /// values, `Exists`/`DoesNotExist` with values.
 pub fn selector_problems(selector: &LabelSelector) -> Vec<String> {

@@ -13,15 +13,16 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kubetune_crds::decision::SKIP_ANNOTATION;
 use kubetune_crds::facts::ClusterFacts;
-use kubetune_crds::matching::NamespacePolicies;
+use kubetune_crds::matching::{selector_keys, NamespacePolicies};
 use kubetune_crds::policy::{validate_spec, TuningPolicy};
 use serde_json::value::RawValue;
 
-use crate::memo::{PlanMemo, Planned, ReviewMemo};
+use crate::memo::{PlanMemo, Planned, ReviewMemo, SkeletonMemo};
 use crate::patch::build_patch;
 use crate::plan::{plan_matched, NamespaceFacts, PreparedPolicy, PSA_ENFORCE};
-use crate::podview::{decode_subset, PodSubset};
+use crate::podview::{decode_subset, PodSubset, PLAN_ANNOTATIONS};
 use crate::review::{self, Answer, NotJson, Request, ReviewOutcome};
+use crate::skeleton::Reads;
 
 /// Annotation the kubelet sets on mirror (static) pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -40,6 +41,9 @@ pub struct Snapshot {
     /// empty, or with what [`Snapshot::carry_over`] keeps; see [`ReviewMemo`]): replicas of one
     /// pod template.
     pub memo: ReviewMemo,
+    /// The same, by review skeleton ([`SkeletonMemo`]): reviews that differ only in string
+    /// values `/mutate` does not read, e.g. the first pods of successive rollouts.
+    pub skeletons: SkeletonMemo,
     /// The same, by the policies that select the pod and its plan input
     /// ([`PodSubset::plan_input`]): pods that differ only in what kubetune does not read, e.g.
     /// the first pods of successive rollouts of one Deployment, or the pods of two Deployments
@@ -75,6 +79,7 @@ impl Snapshot {
                 .is_some_and(|n| old.namespaces.get(ns) == Some(n))
         };
         self.memo = old.memo.carried(same);
+        self.skeletons = old.skeletons.carried(same);
         self.inputs = old.inputs.carried(same);
         let exists = |ns: &str| self.namespaces.contains_key(ns);
         self.namespace_policies = old.namespace_policies.carried(exists);
@@ -196,7 +201,9 @@ impl Config {
 /// `/mutate`: plan and patch a pod. Always allows; see the module docs.
 ///
 /// A review equal to one answered before but for its uid (a replica) is answered from the
-/// [`ReviewMemo`] without being decoded. Else the review is decoded in one pass with the pod's
+/// [`ReviewMemo`] without being decoded, and so is one that differs from an answered one only
+/// in string values `/mutate` does not read (the [`SkeletonMemo`]: the first pod of a rollout).
+/// Else the review is decoded in one pass with the pod's
 /// [`PodSubset`]; only when that fails is it decoded again with the object raw, to say exactly
 /// what is wrong.
 pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Answer, NotJson> {
@@ -209,10 +216,20 @@ pub fn mutate(body: &[u8], snap: &Snapshot, cfg: &Config) -> Result<Answer, NotJ
         Ok(_) => Default::default(),
         Err(miss) => miss,
     };
+    let skeleton_miss = match snap.skeletons.get(body, || reads(&snap.policies)) {
+        Ok((hit, uid)) if !cfg.excluded_namespaces.contains(&hit.namespace) => {
+            return Ok(hit.answer(uid, None, true));
+        }
+        Ok(_) => None,
+        Err(miss) => Some(miss),
+    };
     if let Ok(Ok(req)) = review::decode::<PodSubset>(body) {
         let uid = req.uid.clone();
         let (answer, memoisable) = mutate_request(req.map_object(Ok), snap, cfg);
         if let Some(planned) = memoisable {
+            if let Some(m) = skeleton_miss {
+                snap.skeletons.insert(m, &uid, planned.clone());
+            }
             snap.memo.insert(body, &uid, planned, miss);
         }
         return Ok(answer);
@@ -278,6 +295,23 @@ fn mutate_request(
     );
     let answer = planned.answer(uid, warning.as_deref(), hit);
     (answer, memo_ns.map(|_| planned))
+}
+
+/// What `/mutate` reads of a pod's labels (the keys `policies`' pod selectors name, the opt-out
+/// label) and annotations (the planner's and the patch's, the exclusions').
+fn reads(policies: &[TuningPolicy]) -> Reads {
+    let selected = policies
+        .iter()
+        .flat_map(|p| selector_keys(&p.spec.pod_selector));
+    let mut labels: std::collections::HashSet<Box<[u8]>> =
+        selected.map(|k| k.as_bytes().into()).collect();
+    labels.insert(SKIP_ANNOTATION.as_bytes().into());
+    let mut annotations = PLAN_ANNOTATIONS.to_vec();
+    annotations.extend([MIRROR_ANNOTATION, SKIP_ANNOTATION]);
+    Reads {
+        labels,
+        annotations,
+    }
 }
 
 /// The plan and patch of a pod's plan input and the policies that select it (`matched`: their

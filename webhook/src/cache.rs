@@ -112,6 +112,7 @@ pub fn build_snapshot(stores: &Stores) -> Snapshot {
             .collect(),
         facts,
         memo: Default::default(),
+        skeletons: Default::default(),
         inputs: Default::default(),
         namespace_policies: Default::default(),
     }

@@ -8,6 +8,7 @@
 //!   [`admission::Snapshot`] of the caches. Never panics, never blocks a pod.
 //! - [`review`]: the AdmissionReview v1 codec (request in, [`review::Answer`] out) of both.
 //! - [`memo`]: the per-snapshot plan memo (replicas are planned once).
+//! - [`skeleton`]: a review's bytes without the string values `/mutate` never reads (a memo key).
 //! - [`server`]: warp routes, TLS termination with tokio-rustls and certificate reload, metrics.
 //! - [`cache`]: kube-runtime reflectors feeding the snapshot.
 
@@ -22,4 +23,5 @@ pub mod plan;
 pub mod podview;
 pub mod review;
 pub mod server;
+pub mod skeleton;
 pub mod tls;

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 
 use crate::review::{Answer, ReviewOutcome};
+use crate::skeleton::{skeleton, Reads, Skeleton};
 
 /// Most keys one snapshot's memo remembers; the memo is emptied when it is full.
 pub const MEMO_CAPACITY: usize = 1024;
@@ -337,6 +338,149 @@ impl ReviewMemo {
     }
 }
 
+/// Answers by review skeleton ([`crate::skeleton`]): reviews that differ only in string values
+/// `/mutate` does not read — the first pods of successive rollouts of one Deployment (new
+/// `pod-template-hash`, `restartedAt`, images, owner), answered without being decoded. What is
+/// read of labels and annotations depends on the snapshot's policies ([`Reads`], worked out once
+/// per memo).
+///
+/// Working out a skeleton costs about a fifth of decoding the review, wasted when it is not
+/// remembered, so it is worked out only where it has a chance: for a pod whose workload (its
+/// `generateName` without the last `-` part: the Deployment's name for a ReplicaSet's pods) was
+/// answered before, and — after [`SKELETON_MISSES`] misses in a row there — for one review in
+/// [`SKELETON_RETRY`] of that workload until it hits again. A new Deployment's first pods, or a
+/// workload whose every pod is planned anew, then cost next to nothing more.
+#[derive(Default, Debug)]
+pub struct SkeletonMemo {
+    memo: PlanMemo,
+    reads: OnceLock<Reads>,
+    workloads: Mutex<HashMap<u64, Tries>>,
+}
+
+/// Misses in a row after which a workload's skeletons are worked out only now and then.
+pub const SKELETON_MISSES: u32 = 2;
+/// One review in this many of such a workload still works its skeleton out.
+pub const SKELETON_RETRY: u32 = 16;
+/// Most workloads tracked; all are forgotten when there are more.
+const WORKLOADS: usize = 4096;
+
+/// A workload's recent skeleton lookups.
+#[derive(Default, Debug, Clone, Copy)]
+struct Tries {
+    misses: u32,
+    skipped: u32,
+}
+
+/// What a [`SkeletonMemo::get`] that found nothing leaves for [`SkeletonMemo::insert`].
+#[derive(Debug)]
+pub struct SkeletonMiss<'b> {
+    skeleton: Option<Skeleton<'b>>,
+    workload: Option<u64>,
+}
+
+impl Clone for SkeletonMemo {
+    /// A copied snapshot starts with an empty memo.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl SkeletonMemo {
+    /// The answer to `body` and its uid, when a review with the same skeleton was answered;
+    /// `reads` gives what is read when this memo has not worked it out yet.
+    pub fn get<'b>(
+        &self,
+        body: &'b [u8],
+        reads: impl FnOnce() -> Reads,
+    ) -> Result<(Arc<Planned>, &'b str), SkeletonMiss<'b>> {
+        let workload = workload(body).map(|w| self.memo.hash("", w));
+        let mut miss = SkeletonMiss {
+            skeleton: None,
+            workload,
+        };
+        let Some(w) = workload.filter(|&w| self.worth_trying(w)) else {
+            return Err(miss);
+        };
+        if body.len() <= MEMO_MAX_OBJECT_BYTES {
+            miss.skeleton = skeleton(body, self.reads.get_or_init(reads));
+        }
+        let hit = miss.skeleton.as_ref().and_then(|s| {
+            let planned = self.memo.get("", &s.key)?;
+            Some((planned, s.uid))
+        });
+        let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = workloads.get_mut(&w) {
+            t.misses = if hit.is_some() { 0 } else { t.misses + 1 };
+        }
+        hit.ok_or(miss)
+    }
+    /// Whether to work out the skeleton of a review of workload `w` (see the type's docs).
+    fn worth_trying(&self, w: u64) -> bool {
+        let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = workloads.get_mut(&w) else {
+            return false;
+        };
+        if t.misses < SKELETON_MISSES {
+            return true;
+        }
+        t.skipped += 1;
+        if t.skipped < SKELETON_RETRY {
+            return false;
+        }
+        t.skipped = 0;
+        true
+    }
+    /// Remember the answer to the review [`SkeletonMemo::get`] missed, whose `request.uid` was
+    /// decoded as `uid`; its workload is tracked from now on.
+    pub fn insert(&self, miss: SkeletonMiss<'_>, uid: &str, planned: Arc<Planned>) {
+        if let Some(s) = miss.skeleton.filter(|s| s.uid == uid) {
+            self.memo.insert("", &s.key, planned);
+        }
+        let Some(w) = miss.workload else {
+            return;
+        };
+        let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        if workloads.len() >= WORKLOADS && !workloads.contains_key(&w) {
+            workloads.clear();
+        }
+        workloads.entry(w).or_default();
+    }
+    /// A memo with the entries of this one whose answer `keep` accepts, for a snapshot with the
+    /// same policies (see [`PlanMemo::carried`]).
+    pub fn carried(&self, keep: impl Fn(&Planned) -> bool) -> SkeletonMemo {
+        let workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+        SkeletonMemo {
+            memo: self.memo.carried(keep),
+            reads: self.reads.clone(),
+            workloads: Mutex::new(workloads.clone()),
+        }
+    }
+    /// Number of remembered skeletons.
+    pub fn len(&self) -> usize {
+        self.memo.len()
+    }
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.memo.is_empty()
+    }
+}
+
+/// The pod's workload as far as the skeleton memo goes: the first `generateName` in the body
+/// without its trailing `-` and the part before it (`web-7d9f8c6b5-` → `web`). Only a hint of
+/// where a skeleton may be remembered: answers never depend on it.
+fn workload(body: &[u8]) -> Option<&[u8]> {
+    static KEY: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(br#""generateName":""#));
+    let rest = &body[KEY.find(body)? + KEY.needle().len()..];
+    let name = &rest[..memchr::memchr(b'"', rest)?];
+    let name = name.strip_suffix(b"-").unwrap_or(name);
+    Some(
+        name.iter()
+            .rposition(|&b| b == b'-')
+            .map_or(name, |i| &name[..i]),
+    )
+}
+
 /// The keys a [`ReviewMemo::get`] looked up and did not find (offset, key).
 #[derive(Debug, Default)]
 pub struct Miss(Vec<(usize, Vec<u8>)>);
@@ -495,5 +639,67 @@ mod tests {
         };
         assert!(freed(&weak), "the emptied memo's entries are freed");
         assert!(freed(&weak_last), "the dropped memo's entries are freed");
+    }
+
+    #[test]
+    fn a_workload_is_the_generate_name_without_its_last_part() {
+        let w = |meta: &str| {
+            workload(review("u", &format!(r#"{{"metadata":{meta}}}"#)).as_bytes())
+                .map(<[u8]>::to_vec)
+        };
+        assert_eq!(
+            w(r#"{"generateName":"web-7d9f8c6b5-"}"#),
+            Some(b"web".to_vec())
+        );
+        assert_eq!(
+            w(r#"{"generateName":"kube-proxy-"}"#),
+            Some(b"kube".to_vec())
+        );
+        assert_eq!(
+            w(r#"{"generateName":"fluentd-"}"#),
+            Some(b"fluentd".to_vec())
+        );
+        assert_eq!(w(r#"{"name":"web-0"}"#), None);
+    }
+
+    #[test]
+    fn skeletons_are_worked_out_where_the_workload_was_answered_and_seldom_where_they_miss() {
+        let m = SkeletonMemo::default();
+        // Every review of workload `web` with a skeleton of its own (the object's namespace is
+        // read), so every lookup misses.
+        let body = |i: usize| {
+            let obj =
+                format!(r#"{{"metadata":{{"generateName":"web-{i:x}-","namespace":"n{i}"}}}}"#);
+            review(&format!("u{i}"), &obj)
+        };
+        let b0 = body(0);
+        let first = m.get(b0.as_bytes(), Reads::default).unwrap_err();
+        assert!(
+            first.skeleton.is_none(),
+            "nothing of the workload answered yet"
+        );
+        m.insert(first, "u0", planned("P"));
+        let tried: Vec<usize> = (1..=40)
+            .filter(|&i| {
+                let b = body(i);
+                let miss = m.get(b.as_bytes(), Reads::default).unwrap_err();
+                let tried = miss.skeleton.is_some();
+                m.insert(miss, &format!("u{i}"), planned("P"));
+                tried
+            })
+            .collect();
+        let (n, retry) = (SKELETON_MISSES as usize, SKELETON_RETRY as usize);
+        assert_eq!(tried, [1, 2, n + retry, n + 2 * retry]);
+        // A remembered skeleton answers when it is tried again, and a hit makes the workload
+        // worth trying every time.
+        let again = body(34).replace("u34", "u99");
+        let hit_after = (1..=retry).find(|_| m.get(again.as_bytes(), Reads::default).is_ok());
+        assert_eq!(hit_after, Some(retry - (40 - 34)));
+        let b41 = body(41);
+        assert!(m
+            .get(b41.as_bytes(), Reads::default)
+            .unwrap_err()
+            .skeleton
+            .is_some());
     }
 }

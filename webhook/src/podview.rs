@@ -30,6 +30,17 @@ pub const PLAN_ANNOTATIONS: [&str; 3] = [
     MULTUS_NETWORKS_ANNOTATION,
 ];
 
+/// The fields of `spec` decoded besides `securityContext` (of which only `sysctls`): what the
+/// review skeleton keeps of `spec` ([`crate::skeleton`]).
+pub const SPEC_FIELDS_READ: [&str; 6] = [
+    "hostNetwork",
+    "hostIPC",
+    "nodeName",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+];
+
 /// The planner-relevant subset of a Pod.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 pub struct PodSubset {
@@ -216,4 +227,50 @@ impl PodSubset {
 /// the wrong type (or the document is not an object); other fields are not looked at.
 pub fn decode_subset(json: &str) -> Result<PodSubset, serde_json::Error> {
     serde_json::from_str(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names serde gives a struct's fields, from a value with every field set.
+    fn fields(v: impl Serialize) -> Vec<String> {
+        let v = serde_json::to_value(v).unwrap();
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn the_skeleton_keeps_what_is_decoded() {
+        let spec = SpecSubset {
+            host_network: Some(true),
+            host_ipc: Some(true),
+            node_name: Some("n".into()),
+            node_selector: Some(BTreeMap::new()),
+            affinity: Some(Affinity::default()),
+            tolerations: Some(vec![]),
+            security_context: Some(SecurityContextSubset {
+                sysctls: Some(vec![]),
+            }),
+        };
+        let mut expected: Vec<&str> = SPEC_FIELDS_READ.to_vec();
+        expected.push("securityContext");
+        expected.sort();
+        assert_eq!(fields(&spec), expected);
+        let sc = spec.security_context.unwrap();
+        assert_eq!(fields(&sc), ["sysctls"]);
+        let meta = MetaSubset {
+            name: Some("n".into()),
+            generate_name: Some("n".into()),
+            namespace: Some("n".into()),
+            labels: Some(BTreeMap::new()),
+            annotations: Some(BTreeMap::new()),
+        };
+        // name and generateName reach only the debug log; the skeleton keeps namespace and the
+        // label and annotation values it is told are read.
+        let expected = ["annotations", "generateName", "labels", "name", "namespace"];
+        assert_eq!(fields(&meta), expected);
+        assert_eq!(fields(PodSubset::default()), ["metadata", "spec"]);
+    }
 }

@@ -132,7 +132,9 @@ fn any_change_kubetune_reads_misses_both_memos() {
 
 /// The first pod of each rollout of one Deployment: a new `pod-template-hash`, generateName and
 /// `restartedAt`, maybe a new image — nothing the planner reads. The first is planned, the others
-/// are answered from the plan-input memo, exactly as a fresh snapshot plans them.
+/// are answered by their skeleton without being decoded, exactly as a fresh snapshot plans them;
+/// when a selector reads `pod-template-hash`, its value stays in the skeleton, and the plan-input
+/// memo answers.
 #[test]
 fn first_pods_of_rollouts_share_one_plan() {
     let cfg = Config::new("kubetune-system", &[]);
@@ -157,7 +159,15 @@ fn first_pods_of_rollouts_share_one_plan() {
         assert_eq!(without_uid(&r), without_uid(&fresh), "rollout {i}");
     }
     assert_eq!(snap.inputs.len(), 1, "one plan input");
-    assert_eq!(snap.memo.len(), 5, "five pod objects");
+    // The first pod of the workload is decoded (its skeleton not worked out: nothing of the
+    // workload was answered before), the second too (its skeleton is remembered), the others
+    // are answered by it.
+    assert_eq!(snap.skeletons.len(), 1, "one skeleton for rollouts 1 to 4");
+    assert_eq!(
+        snap.memo.len(),
+        2,
+        "the two decoded reviews, by their bytes"
+    );
 
     // Labels are read only to find the selecting policies: a label a selector reads that
     // selects alike (`pod-template-hash` Exists, which every rollout carries) is answered from
@@ -175,6 +185,14 @@ fn first_pods_of_rollouts_share_one_plan() {
     let b = send(&snap, &cfg, &rollout(1), "b");
     assert!(a.patch().is_some() && !a.memo_hit && b.memo_hit);
     assert_eq!(without_uid(&a), without_uid(&b));
+    let b2 = send(&snap, &cfg, &rollout(3), "b2");
+    assert!(b2.memo_hit);
+    assert_eq!(
+        snap.skeletons.len(),
+        2,
+        "the hash a selector reads is in the skeleton"
+    );
+    assert_eq!(snap.inputs.len(), 1);
     let mut unhashed = rollout(2);
     unhashed["metadata"]["labels"]
         .as_object_mut()
@@ -487,6 +505,75 @@ proptest! {
         let fresh = mutate(&body, &snap.clone(), &cfg).map(|a| a.body);
         match (memoised, fresh) {
             (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            (a, b) => prop_assert!(false, "memoised {a:?} vs fresh {b:?}"),
+        }
+    }
+}
+
+/// The byte ranges of the contents of every string literal in `json` (valid JSON).
+fn string_contents(json: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < json.len() {
+        if json[i] == b'"' {
+            let start = i + 1;
+            i = start;
+            while json[i] != b'"' {
+                i += if json[i] == b'\\' { 2 } else { 1 };
+            }
+            out.push(start..i);
+        }
+        i += 1;
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// A review that differs from a remembered one in any one string literal (keys and values,
+    /// read or not, with anything put in verbatim: escapes, quotes, control bytes, other values
+    /// the policies select on) and its uid gets exactly the answer a fresh snapshot gives it —
+    /// whether the skeleton memo answers it or not.
+    #[test]
+    fn the_skeleton_memo_answers_exactly(
+        at in any::<prop::sample::Index>(),
+        with in prop_oneof![
+            prop::sample::select(vec!["", "x", "web", "api", "fe", "be", "true", "ingress", "general", "4096", "é", "\\\"", "a\\u0062", "\u{1}", "\t", "\"", "{", "a\",\"b", "kubetune.dev/skip", "tier"]).prop_map(str::to_string),
+            ".{0,8}",
+        ],
+    ) {
+        let mut all = policies();
+        all.push(policy(
+            "tiered",
+            json!({"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe"]}]},
+                   "sysctls": [{"name": "net.ipv4.tcp_fin_timeout", "value": "20"}]}),
+        ));
+        let snap = snapshot(all);
+        let cfg = Config::new("kubetune-system", &[]);
+        let obj = replica(json!({
+            "metadata": {
+                "labels": {"app": "web", "tier": "fe", "pod-template-hash": "5d8f9"},
+                "annotations": {"kubectl.kubernetes.io/restartedAt": "t0", "note": "n"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f9", "uid": "rs-1", "controller": true}]},
+            "spec": {
+                "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}],
+                "securityContext": {"runAsUser": 1000, "sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]},
+                "containers": [{"name": "nginx", "image": "nginx:1.27", "env": [{"name": "MODE", "value": "prod"}]}]}}));
+        // A review of the same workload first, so that the next one's skeleton is remembered.
+        let mut earlier = obj.clone();
+        earlier["metadata"]["annotations"]["note"] = json!("earlier");
+        mutate(apiserver_review(&earlier, "9a-00").as_bytes(), &snap, &cfg).unwrap();
+        let first = apiserver_review(&obj, "9a-01");
+        mutate(first.as_bytes(), &snap, &cfg).unwrap();
+        prop_assert_eq!(snap.skeletons.len(), 1);
+        let strings = string_contents(first.as_bytes());
+        let r = strings[at.index(strings.len())].clone();
+        let body = format!("{}{with}{}", &first[..r.start], &first[r.end..]).replace("9a-01", "9a-02");
+        let memoised = mutate(body.as_bytes(), &snap, &cfg).map(|a| a.body);
+        let fresh = mutate(body.as_bytes(), &snap.clone(), &cfg).map(|a| a.body);
+        match (memoised, fresh) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b, "{}", body),
             (Err(_), Err(_)) => {}
             (a, b) => prop_assert!(false, "memoised {a:?} vs fresh {b:?}"),
         }
