@@ -23,7 +23,9 @@ pub fn snapshot(policies: Vec<TuningPolicy>) -> Snapshot {
 /// applies to the object as sent; admitting the patched object again patches nothing
 /// (reinvocationPolicy IfNeeded).
 pub fn admit_twice(object: &Value, snap: &Snapshot, cfg: &Config) {
-    let a = mutate(&review("Pod", object, "f1"), snap, cfg).expect("a JSON body is answered");
+    let body = review("Pod", object, "f1");
+    let a = mutate(&body, snap, cfg).expect("a JSON body is answered");
+    same_as_fresh(&body, Some(a.body.clone()), snap, cfg);
     let v = a.json();
     assert_eq!(v["response"]["allowed"], json!(true), "{v}");
     assert_eq!(v["response"]["uid"], json!("f1"), "{v}");
@@ -36,5 +38,16 @@ pub fn admit_twice(object: &Value, snap: &Snapshot, cfg: &Config) {
         again.patch().is_none(),
         "re-invocation patched again:\n{doc}\n{}",
         again.json()
+    );
+}
+
+/// `answer` (the body of `/mutate`'s answer to `body` against `snap`, whose memos may have
+/// answered it) is what a fresh snapshot — empty memos — answers.
+pub fn same_as_fresh(body: &[u8], answer: Option<impl AsRef<[u8]>>, snap: &Snapshot, cfg: &Config) {
+    let fresh = mutate(body, &snap.clone(), cfg).ok().map(|a| a.body);
+    assert_eq!(
+        answer.as_ref().map(AsRef::as_ref),
+        fresh.as_deref().map(AsRef::as_ref),
+        "a memo answered otherwise than a fresh snapshot"
     );
 }
