@@ -305,9 +305,10 @@ fn reads(policies: &[TuningPolicy]) -> Reads {
         .flat_map(|p| selector_keys(&p.spec.pod_selector));
     let mut labels: std::collections::HashSet<Box<[u8]>> =
         selected.map(|k| k.as_bytes().into()).collect();
-    labels.insert(SKIP_ANNOTATION.as_bytes().into());
+    let [_, opt_out] = EXCLUDING;
+    labels.insert(opt_out.as_bytes().into());
     let mut annotations = PLAN_ANNOTATIONS.to_vec();
-    annotations.extend([MIRROR_ANNOTATION, SKIP_ANNOTATION]);
+    annotations.extend(EXCLUDING);
     Reads {
         labels,
         annotations,
@@ -353,14 +354,16 @@ fn plan_key(matched: &[usize], input: &PodSubset) -> Vec<u8> {
     key
 }
 
+/// What [`excluded`] reads of a pod, and so [`reads`] keeps: the mirror annotation, and the
+/// opt-out annotation and label.
+const EXCLUDING: [&str; 2] = [MIRROR_ANNOTATION, SKIP_ANNOTATION];
+
 /// Pods kubetune never touches: in an excluded namespace, mirror pods, opted out.
 fn excluded(pod: &PodSubset, namespace: &str, cfg: &Config) -> bool {
+    let [mirror, opt_out] = EXCLUDING;
     cfg.excluded_namespaces.contains(namespace)
-        || pod.annotation(MIRROR_ANNOTATION).is_some()
-        || kubetune_crds::pod::opted_out(
-            pod.annotation(SKIP_ANNOTATION),
-            pod.label(SKIP_ANNOTATION),
-        )
+        || pod.annotation(mirror).is_some()
+        || kubetune_crds::pod::opted_out(pod.annotation(opt_out), pod.label(opt_out))
 }
 
 /// The namespace's facts, or — for a namespace the cache has not seen yet — PodSecurity

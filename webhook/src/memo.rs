@@ -398,7 +398,7 @@ impl SkeletonMemo {
             skeleton: None,
             workload,
         };
-        let Some(w) = workload.filter(|&w| self.worth_trying(w)) else {
+        let Some(w) = workload.filter(|&w| self.try_counted(w)) else {
             return Err(miss);
         };
         if body.len() <= MEMO_MAX_OBJECT_BYTES {
@@ -408,26 +408,29 @@ impl SkeletonMemo {
             let planned = self.memo.get("", &s.key)?;
             Some((planned, s.uid))
         });
-        let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = workloads.get_mut(&w) {
-            t.misses = if hit.is_some() { 0 } else { t.misses + 1 };
+        if hit.is_some() {
+            let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = workloads.get_mut(&w) {
+                t.misses = 0;
+            }
         }
         hit.ok_or(miss)
     }
-    /// Whether to work out the skeleton of a review of workload `w` (see the type's docs).
-    fn worth_trying(&self, w: u64) -> bool {
+    /// Whether to work out the skeleton of a review of workload `w` (see the type's docs); a
+    /// try is counted as a miss until [`SkeletonMemo::get`] finds it, so a miss locks once.
+    fn try_counted(&self, w: u64) -> bool {
         let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
         let Some(t) = workloads.get_mut(&w) else {
             return false;
         };
-        if t.misses < SKELETON_MISSES {
-            return true;
+        if t.misses >= SKELETON_MISSES {
+            t.skipped += 1;
+            if t.skipped < SKELETON_RETRY {
+                return false;
+            }
+            t.skipped = 0;
         }
-        t.skipped += 1;
-        if t.skipped < SKELETON_RETRY {
-            return false;
-        }
-        t.skipped = 0;
+        t.misses += 1;
         true
     }
     /// Remember the answer to the review [`SkeletonMemo::get`] missed, whose `request.uid` was
