@@ -49,6 +49,23 @@ pub fn selector_keys(selector: &LabelSelector) -> impl Iterator<Item = &str> {
     labels.chain(exprs.map(|e| e.key.as_str()))
 }
 
+/// The label values `selector` compares a label with, with their keys: `matchLabels`' and
+/// `In`'s and `NotIn`'s values. Whether it selects an object depends on the object's label under
+/// a key only through whether it has one and which of these values it equals — so all values it
+/// does not name are alike to it ([`selector_keys`] gives every key it reads).
+pub fn selector_values(selector: &LabelSelector) -> impl Iterator<Item = (&str, &str)> {
+    let labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let exprs = selector.match_expressions.iter().flatten();
+    labels.chain(exprs.flat_map(|e| {
+        let values = e.values.iter().flatten();
+        values.map(|v| (e.key.as_str(), v.as_str()))
+    }))
+}
+
 /// What is wrong with `selector` (empty = valid): unknown operators, `In`/`NotIn` without
 /// values, `Exists`/`DoesNotExist` with values.
 pub fn selector_problems(selector: &LabelSelector) -> Vec<String> {
@@ -258,6 +275,19 @@ mod tests {
                 want,
                 "case {i}: {sel:?} on {l:?}"
             );
+            // Keys the selector does not read, and values it does not name, are alike to it.
+            let named: Vec<(&str, &str)> = selector_values(&sel).collect();
+            let keys: Vec<&str> = selector_keys(&sel).collect();
+            let other: BTreeMap<String, String> = l
+                .iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .map(|(k, v)| match named.contains(&(k.as_str(), v.as_str())) {
+                    true => (k.clone(), v.clone()),
+                    false => (k.clone(), format!("{v}-other")),
+                })
+                .collect();
+            let got = selector_matches(&sel, &other);
+            assert_eq!(got, want, "case {i}: {sel:?} on {other:?}");
         }
     }
 

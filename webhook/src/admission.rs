@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kubetune_crds::decision::SKIP_ANNOTATION;
 use kubetune_crds::facts::ClusterFacts;
-use kubetune_crds::matching::{selector_keys, NamespacePolicies};
+use kubetune_crds::matching::{selector_keys, selector_values, NamespacePolicies};
 use kubetune_crds::policy::{validate_spec, TuningPolicy};
 use serde_json::value::RawValue;
 
@@ -22,7 +22,7 @@ use crate::patch::build_patch;
 use crate::plan::{plan_matched, NamespaceFacts, PreparedPolicy, PSA_ENFORCE};
 use crate::podview::{decode_subset, PodSubset, PLAN_ANNOTATIONS};
 use crate::review::{self, Answer, NotJson, Request, ReviewOutcome};
-use crate::skeleton::Reads;
+use crate::skeleton::{LabelRead, Reads};
 
 /// Annotation the kubelet sets on mirror (static) pods.
 pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -297,16 +297,24 @@ fn mutate_request(
     (answer, memo_ns.map(|_| planned))
 }
 
-/// What `/mutate` reads of a pod's labels (the keys `policies`' pod selectors name, the opt-out
-/// label) and annotations (the planner's and the patch's, the exclusions').
+/// What `/mutate` reads of a pod's labels (under the keys `policies`' pod selectors name, which
+/// of the values they name; the opt-out label whole) and annotations (the planner's and the
+/// patch's, the exclusions').
 fn reads(policies: &[TuningPolicy]) -> Reads {
-    let selected = policies
-        .iter()
-        .flat_map(|p| selector_keys(&p.spec.pod_selector));
-    let mut labels: std::collections::HashSet<Box<[u8]>> =
-        selected.map(|k| k.as_bytes().into()).collect();
+    let mut labels: HashMap<Box<[u8]>, LabelRead> = HashMap::new();
+    for selector in policies.iter().map(|p| &p.spec.pod_selector) {
+        let values = selector_values(selector).map(|(k, v)| (k, Some(v)));
+        for (key, value) in selector_keys(selector).map(|k| (k, None)).chain(values) {
+            let read = labels
+                .entry(key.as_bytes().into())
+                .or_insert_with(|| LabelRead::Named(Default::default()));
+            if let (LabelRead::Named(named), Some(v)) = (read, value) {
+                named.insert(v.as_bytes().into());
+            }
+        }
+    }
     let [_, opt_out] = EXCLUDING;
-    labels.insert(opt_out.as_bytes().into());
+    labels.insert(opt_out.as_bytes().into(), LabelRead::Whole);
     let mut annotations = PLAN_ANNOTATIONS.to_vec();
     annotations.extend(EXCLUDING);
     Reads {

@@ -344,17 +344,25 @@ impl ReviewMemo {
 /// read of labels and annotations depends on the snapshot's policies ([`Reads`], worked out once
 /// per memo).
 ///
-/// Working out a skeleton costs about a fifth of decoding the review, wasted when it is not
-/// remembered, so it is worked out only where it has a chance: for a pod whose workload (its
-/// `generateName` without the last `-` part: the Deployment's name for a ReplicaSet's pods) was
-/// answered before, and — after [`SKELETON_MISSES`] misses in a row there — for one review in
-/// [`SKELETON_RETRY`] of that workload until it hits again. A new Deployment's first pods, or a
-/// workload whose every pod is planned anew, then cost next to nothing more.
+/// Working out a skeleton costs about half of decoding the review, wasted when it is not
+/// remembered, so it is worked out only while that pays: every workload (a pod's
+/// `generateName` without the last `-` part: the Deployment's name for a ReplicaSet's pods) that
+/// was answered before keeps its own count, the workloads not seen yet (and pods without a
+/// `generateName`) share one; after [`SKELETON_MISSES`] misses in a row, only one review in
+/// [`SKELETON_RETRY`] tries until one hits again. A workload whose every pod is planned anew, or
+/// new Deployments that each select other policies, then cost next to nothing more.
 #[derive(Default, Debug)]
 pub struct SkeletonMemo {
     memo: PlanMemo,
     reads: OnceLock<Reads>,
-    workloads: Mutex<HashMap<u64, Tries>>,
+    workloads: Mutex<Workloads>,
+}
+
+/// The skeleton lookups of the workloads answered before, and of the others.
+#[derive(Default, Debug, Clone)]
+struct Workloads {
+    seen: HashMap<u64, Tries>,
+    new: Tries,
 }
 
 /// Misses in a row after which a workload's skeletons are worked out only now and then.
@@ -369,6 +377,21 @@ const WORKLOADS: usize = 4096;
 struct Tries {
     misses: u32,
     skipped: u32,
+}
+
+impl Tries {
+    /// Whether to try now (see [`SkeletonMemo`]); a try counts as a miss until it hits.
+    fn try_now(&mut self) -> bool {
+        if self.misses >= SKELETON_MISSES {
+            self.skipped += 1;
+            if self.skipped < SKELETON_RETRY {
+                return false;
+            }
+            self.skipped = 0;
+        }
+        self.misses += 1;
+        true
+    }
 }
 
 /// What a [`SkeletonMemo::get`] that found nothing leaves for [`SkeletonMemo::insert`].
@@ -398,9 +421,9 @@ impl SkeletonMemo {
             skeleton: None,
             workload,
         };
-        let Some(w) = workload.filter(|&w| self.try_counted(w)) else {
+        if !self.tries(workload, Tries::try_now) {
             return Err(miss);
-        };
+        }
         if body.len() <= MEMO_MAX_OBJECT_BYTES {
             miss.skeleton = skeleton(body, self.reads.get_or_init(reads));
         }
@@ -409,29 +432,15 @@ impl SkeletonMemo {
             Some((planned, s.uid))
         });
         if hit.is_some() {
-            let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = workloads.get_mut(&w) {
-                t.misses = 0;
-            }
+            self.tries(workload, |t| t.misses = 0);
         }
         hit.ok_or(miss)
     }
-    /// Whether to work out the skeleton of a review of workload `w` (see the type's docs); a
-    /// try is counted as a miss until [`SkeletonMemo::get`] finds it, so a miss locks once.
-    fn try_counted(&self, w: u64) -> bool {
+    /// `f` of the lookups counted for `workload` (its own when it was answered before).
+    fn tries<T>(&self, workload: Option<u64>, f: impl FnOnce(&mut Tries) -> T) -> T {
         let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(t) = workloads.get_mut(&w) else {
-            return false;
-        };
-        if t.misses >= SKELETON_MISSES {
-            t.skipped += 1;
-            if t.skipped < SKELETON_RETRY {
-                return false;
-            }
-            t.skipped = 0;
-        }
-        t.misses += 1;
-        true
+        let Workloads { seen, new } = &mut *workloads;
+        f(workload.and_then(|w| seen.get_mut(&w)).unwrap_or(new))
     }
     /// Remember the answer to the review [`SkeletonMemo::get`] missed, whose `request.uid` was
     /// decoded as `uid`; its workload is tracked from now on.
@@ -443,10 +452,11 @@ impl SkeletonMemo {
             return;
         };
         let mut workloads = self.workloads.lock().unwrap_or_else(|e| e.into_inner());
-        if workloads.len() >= WORKLOADS && !workloads.contains_key(&w) {
-            workloads.clear();
+        let seen = &mut workloads.seen;
+        if seen.len() >= WORKLOADS && !seen.contains_key(&w) {
+            seen.clear();
         }
-        workloads.entry(w).or_default();
+        seen.entry(w).or_default();
     }
     /// A memo with the entries of this one whose answer `keep` accepts, for a snapshot with the
     /// same policies (see [`PlanMemo::carried`]).
@@ -666,43 +676,49 @@ mod tests {
     }
 
     #[test]
-    fn skeletons_are_worked_out_where_the_workload_was_answered_and_seldom_where_they_miss() {
+    fn skeletons_are_worked_out_until_they_keep_missing_then_seldom() {
         let m = SkeletonMemo::default();
         // Every review of workload `web` with a skeleton of its own (the object's namespace is
         // read), so every lookup misses.
-        let body = |i: usize| {
+        let body = |w: &str, i: usize| {
             let obj =
-                format!(r#"{{"metadata":{{"generateName":"web-{i:x}-","namespace":"n{i}"}}}}"#);
+                format!(r#"{{"metadata":{{"generateName":"{w}-{i:x}-","namespace":"{w}{i}"}}}}"#);
             review(&format!("u{i}"), &obj)
         };
-        let b0 = body(0);
-        let first = m.get(b0.as_bytes(), Reads::default).unwrap_err();
-        assert!(
-            first.skeleton.is_none(),
-            "nothing of the workload answered yet"
-        );
-        m.insert(first, "u0", planned("P"));
-        let tried: Vec<usize> = (1..=40)
-            .filter(|&i| {
-                let b = body(i);
+        let (n, retry) = (SKELETON_MISSES as usize, SKELETON_RETRY as usize);
+        let lookups = |w: &str, range: std::ops::RangeInclusive<usize>| -> Vec<usize> {
+            let tried = range.filter(|&i| {
+                let b = body(w, i);
                 let miss = m.get(b.as_bytes(), Reads::default).unwrap_err();
                 let tried = miss.skeleton.is_some();
                 m.insert(miss, &format!("u{i}"), planned("P"));
                 tried
-            })
-            .collect();
-        let (n, retry) = (SKELETON_MISSES as usize, SKELETON_RETRY as usize);
-        assert_eq!(tried, [1, 2, n + retry, n + 2 * retry]);
+            });
+            tried.collect()
+        };
+        // The first review of a workload is tried (nothing missed yet), then the workload keeps
+        // its own count.
+        assert_eq!(lookups("web", 0..=0), [0]);
+        assert_eq!(lookups("web", 1..=40), [1, 2, n + retry, n + 2 * retry]);
         // A remembered skeleton answers when it is tried again, and a hit makes the workload
         // worth trying every time.
-        let again = body(34).replace("u34", "u99");
+        let again = body("web", 34).replace("u34", "u99");
         let hit_after = (1..=retry).find(|_| m.get(again.as_bytes(), Reads::default).is_ok());
         assert_eq!(hit_after, Some(retry - (40 - 34)));
-        let b41 = body(41);
-        assert!(m
-            .get(b41.as_bytes(), Reads::default)
-            .unwrap_err()
-            .skeleton
-            .is_some());
+        assert_eq!(lookups("web", 41..=41), [41]);
+        // Workloads not seen yet share one count: one review each, every one missing.
+        let tried: Vec<usize> = (1..=40)
+            .filter(|&i| lookups(&format!("new{i}"), i..=i) == [i])
+            .collect();
+        assert_eq!(tried, [1, n + retry - 1, n + 2 * retry - 1]);
+        // Pods without a generateName count with them.
+        let bare = review("u0", r#"{"metadata":{"name":"db-0","namespace":"n0"}}"#);
+        let tried = (0..retry).filter(|_| {
+            m.get(bare.as_bytes(), Reads::default)
+                .unwrap_err()
+                .skeleton
+                .is_some()
+        });
+        assert_eq!(tried.count(), 1);
     }
 }

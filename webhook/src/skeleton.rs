@@ -19,8 +19,13 @@
 //! label values under the keys in [`Reads::labels`] and the annotation values under
 //! [`Reads::annotations`] (`name` and `generateName` only reach the debug log); in
 //! `object.spec`, [`SPEC_FIELDS_READ`] and `securityContext.sysctls`; nothing of `status`.
+//!
+//! Of a label that pod selectors read, only which of the values they name it has matters to
+//! them ([`LabelRead::Named`]): another plain value is masked as [`OTHER_VALUE`], which no kept
+//! string can be (a string with a control byte has no skeleton), so a new Deployment's pods
+//! (another `app`, which a selector names with other values) share a skeleton too.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use kubetune_crds::json::special_at;
@@ -30,13 +35,25 @@ use crate::podview::SPEC_FIELDS_READ;
 /// Deepest nesting the lexer follows; deeper bodies have no skeleton.
 const MAX_DEPTH: usize = 64;
 
+/// A masked label value that pod selectors compare with values it is not: `"` 0x01 `"`.
+pub const OTHER_VALUE: &[u8] = b"\"\x01\"";
+
 /// The label and annotation keys whose values `/mutate` reads.
 #[derive(Debug, Default, Clone)]
 pub struct Reads {
     /// Label keys: those the snapshot's pod selectors name, and the opt-out label.
-    pub labels: HashSet<Box<[u8]>>,
+    pub labels: HashMap<Box<[u8]>, LabelRead>,
     /// Annotation keys.
     pub annotations: Vec<&'static str>,
+}
+
+/// What is read of a label's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelRead {
+    /// All of it.
+    Whole,
+    /// Only which of these values (raw JSON string contents) it is, if any.
+    Named(HashSet<Box<[u8]>>),
 }
 
 /// A review's skeleton and its uid.
@@ -50,7 +67,7 @@ pub struct Skeleton<'b> {
 
 /// Where a value sits, as far as reading it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
+enum Class<'r> {
     Root,
     Request,
     Uid,
@@ -60,19 +77,21 @@ enum Class {
     Annotations,
     Spec,
     SecurityContext,
+    /// A label's value, of which only which of these values it is counts.
+    LabelValue(&'r HashSet<Box<[u8]>>),
     /// Read, or under something read: kept as it is.
     Kept,
     /// Never read, nor anything under it.
     Unread,
 }
 
-impl Class {
+impl<'r> Class<'r> {
     /// The class of the value under `key` in an object of this class (`key` as its raw bytes;
     /// one with escapes is not recognised, which keeps its value).
     #[inline]
-    fn child(self, key: &[u8], escaped: bool, reads: &Reads) -> Class {
+    fn child(self, key: &[u8], escaped: bool, reads: &'r Reads) -> Class<'r> {
         match self {
-            Class::Uid | Class::Kept => return Class::Kept,
+            Class::Uid | Class::Kept | Class::LabelValue(_) => return Class::Kept,
             Class::Unread => return Class::Unread,
             _ if escaped => return Class::Kept,
             _ => {}
@@ -88,7 +107,11 @@ impl Class {
             (Class::Meta, b"annotations") => Class::Annotations,
             (Class::Meta, b"namespace") => Class::Kept,
             (Class::Meta, _) => Class::Unread,
-            (Class::Labels, k) if !reads.labels.contains(k) => Class::Unread,
+            (Class::Labels, k) => match reads.labels.get(k) {
+                None => Class::Unread,
+                Some(LabelRead::Whole) => Class::Kept,
+                Some(LabelRead::Named(values)) => Class::LabelValue(values),
+            },
             (Class::Annotations, k) if !reads.annotations.iter().any(|a| a.as_bytes() == k) => {
                 Class::Unread
             }
@@ -102,7 +125,7 @@ impl Class {
         }
     }
     /// The class of an array's elements, or of what is under a scalar's place.
-    fn elements(self) -> Class {
+    fn elements(self) -> Class<'r> {
         if self == Class::Unread {
             Class::Unread
         } else {
@@ -113,14 +136,14 @@ impl Class {
 
 /// An open object or array.
 #[derive(Clone, Copy)]
-struct Frame {
+struct Frame<'r> {
     /// The class of its elements (arrays) or of the object itself.
-    class: Class,
+    class: Class<'r>,
     object: bool,
     /// In an object: the next string is a key.
     key_next: bool,
     /// In an object: the class of the value after the last key.
-    value: Class,
+    value: Class<'r>,
 }
 
 /// The skeleton of `body`, when it has exactly one plain `request.uid`, every string to be
@@ -151,7 +174,14 @@ pub fn skeleton<'b>(body: &'b [u8], reads: &Reads) -> Option<Skeleton<'b>> {
                 } else {
                     f.value
                 };
-                if matches!(class, Class::Unread | Class::Uid) {
+                if let Class::LabelValue(named) = class {
+                    let contents = &body[i + 1..end];
+                    if !escaped && !named.contains(contents) && utf8(contents) {
+                        key.extend_from_slice(&body[copied..i]);
+                        key.extend_from_slice(OTHER_VALUE);
+                        copied = end + 1;
+                    }
+                } else if matches!(class, Class::Unread | Class::Uid) {
                     let contents = &body[i + 1..end];
                     if escaped || !utf8(contents) || (class == Class::Uid && uid.is_some()) {
                         return None;
@@ -235,9 +265,18 @@ mod tests {
 
     fn reads() -> Reads {
         Reads {
-            labels: [b"tier".as_slice().into()].into_iter().collect(),
+            labels: [
+                (b"tier".as_slice().into(), named(&["frontend", ""])),
+                (b"opt-out".as_slice().into(), LabelRead::Whole),
+            ]
+            .into_iter()
+            .collect(),
             annotations: vec!["kubetune.dev/decision"],
         }
+    }
+
+    fn named(values: &[&str]) -> LabelRead {
+        LabelRead::Named(values.iter().map(|v| v.as_bytes().into()).collect())
     }
 
     fn review(uid: &str, object: &str) -> String {
@@ -315,6 +354,30 @@ mod tests {
         assert_ne!(key(&review("u-1", &escaped)), key(&review("u-1", &next)));
         let other_request = review("u-1", POD).replace("CREATE", "UPDATE");
         assert_ne!(key(&other_request).unwrap().0, first);
+    }
+
+    #[test]
+    fn a_selector_label_keeps_the_values_selectors_name_and_masks_the_others_alike() {
+        let with_tier = |v: &str| key(&review("u-1", &POD.replace("frontend", v))).unwrap().0;
+        let other = with_tier("batch");
+        let masked = review("", POD)
+            .replace(r#""tier":"frontend""#, "\"tier\":\"\u{1}\"")
+            .replace(r#""generateName":"web-7d9-""#, r#""generateName":"""#);
+        assert!(other.starts_with(&masked[..masked.find("pod-template-hash").unwrap()]));
+        // Values no selector names are alike; each named value (also "") is its own.
+        assert_eq!(other, with_tier("svc-4f2"));
+        assert_eq!(other, with_tier("ü"));
+        let distinct = [other, with_tier("frontend"), with_tier("")];
+        assert!(distinct[0] != distinct[1] && distinct[1] != distinct[2]);
+        assert_ne!(distinct[0], distinct[2]);
+        // With escapes the value is kept as it is.
+        assert_ne!(with_tier(r"b\u0061tch"), with_tier(r"b\u0062tch"));
+        // A label read whole keeps every value.
+        let opt = |v: &str| {
+            let obj = POD.replace(r#""tier":"frontend""#, &format!(r#""opt-out":"{v}""#));
+            key(&review("u-1", &obj)).unwrap().0
+        };
+        assert_ne!(opt("true"), opt("false"));
     }
 
     #[test]
