@@ -1571,7 +1571,9 @@ fn every_replica_of_a_scaled_deployment_gets_the_same_decision() {
 }
 
 /// Deployments that the same policies select get the same decision (the webhook plans their pod
-/// once and answers the other from its memo), and one that a further policy selects gets its own.
+/// once and answers the other from its memo — by its review skeleton, since their `app` values
+/// differ only in values no selector names), and one that a further policy selects (`app=batch`,
+/// a value a selector names) gets its own.
 #[test]
 fn deployments_selected_by_the_same_policies_get_the_same_decision() {
     let Some((_g, ns)) = setup("deployments", &[]) else {
