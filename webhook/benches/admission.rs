@@ -42,30 +42,39 @@ fn rollout_body(hash: &str, uid: usize) -> Bytes {
 
 /// A pod of a Deployment never seen before: another `app` label, which a policy selector in the
 /// namespace names (`batch`) without selecting it — the same selecting policies, so the same
-/// plan input.
+/// plan input — and a template of its own (another container port).
 fn new_deployment_body(app: &str, uid: usize) -> Bytes {
-    review_body_of(app, "7d9f8c6b5", "2026-11-01T10:00:00Z", uid)
+    let port = 8000 + (uid % 1000) as u16;
+    review_body_in(app, "7d9f8c6b5", "2026-11-01T10:00:00Z", None, port, uid)
 }
 
 /// A pod nothing remembered applies to: another `topology.kubernetes.io/zone` in its
 /// nodeSelector (what the planner reads to place it), so a new plan input — planned and patched
 /// from scratch, as the first pod of each kind is after any policy change.
 fn unplanned_body(zone: &str, uid: usize) -> Bytes {
-    review_body_in("web", "7d9f8c6b5", "2026-11-01T10:00:00Z", Some(zone), uid)
+    review_body_in(
+        "web",
+        "7d9f8c6b5",
+        "2026-11-01T10:00:00Z",
+        Some(zone),
+        8080,
+        uid,
+    )
 }
 
 /// The review as the apiserver writes it: `request.uid` first (the `uid`-th request's), the
 /// ReplicaSet controller as the requester, CreateOptions.
 fn review_body_of(app: &str, hash: &str, restarted_at: &str, uid: usize) -> Bytes {
-    review_body_in(app, hash, restarted_at, None, uid)
+    review_body_in(app, hash, restarted_at, None, 8080, uid)
 }
 
-/// [`review_body_of`] with the pod also required in `zone`.
+/// [`review_body_of`] with the pod also required in `zone`, its container listening on `port`.
 fn review_body_in(
     app: &str,
     hash: &str,
     restarted_at: &str,
     zone: Option<&str>,
+    port: u16,
     uid: usize,
 ) -> Bytes {
     let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
@@ -75,9 +84,9 @@ fn review_body_in(
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-{hash}"), "uid": "4b0c5a8e-0000-4000-8000-000000000001", "controller": true, "blockOwnerDeletion": true}]},
         "spec": {"serviceAccountName": app, "nodeSelector": {"pool": "ingress"},
             "containers": [
-                {"name": "nginx", "image": "nginx:1.27", "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                {"name": "nginx", "image": "nginx:1.27", "ports": [{"containerPort": port, "protocol": "TCP"}],
                  "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
-                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}, "env": [{"name": "MODE", "value": "prod"}]},
+                 "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}}, "env": [{"name": "MODE", "value": "prod"}]},
                 {"name": "envoy", "image": "envoyproxy/envoy:v1.31", "args": ["-c", "/etc/envoy/envoy.yaml"],
                  "volumeMounts": [{"name": "cfg", "mountPath": "/etc/envoy"}]}],
             "volumes": [{"name": "cfg", "configMap": {"name": "envoy"}}],
@@ -517,7 +526,7 @@ fn main() {
         let cases = [
             ("a", Shape::Replica, "replicas of one Deployment pod (each review its own uid): after the first, answered from the review memo"),
             ("b", Shape::Rollout, "every review the first pod of another rollout (new pod-template-hash and restartedAt): answered by its skeleton (skeleton memo), not decoded"),
-            ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector that does not select it): answered by its skeleton (no selector names its app value), not decoded"),
+            ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector that does not select it, and another container port): answered by its skeleton (no selector names its app value, the decode skips containers), not decoded"),
             ("d", Shape::Unplanned, "every review a pod never planned (new nodeSelector zone): planned and patched from scratch"),
         ];
         let cases: Vec<_> = cases.into_iter().filter(|(l, ..)| cases_wanted.contains(l)).collect();

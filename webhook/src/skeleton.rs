@@ -14,6 +14,15 @@
 //! answered, the review is that one with some unread string values replaced by other plain
 //! strings: it decodes to the same pod but for those values, and gets the same plan and patch.
 //!
+//! A field the pod's decode skips whatever it holds ([`crate::podview::PodSubset`] has no such
+//! field: `status`, `spec.containers`, `metadata.ownerReferences`, ...) is left out whole, with a
+//! comma beside it, once its value is checked to be one serde_json skips without error (checked
+//! more strictly: strings valid UTF-8, only JSON's escapes, numbers as JSON writes them, the
+//! nesting closed and within [`MAX_DEPTH`]) and the member to sit where JSON allows one; else
+//! there is no skeleton. So is a label or annotation that is not read, when its value is a plain
+//! string. So templates that differ in containers, probes, volumes, other spec fields or other
+//! labels share a skeleton.
+//!
 //! What is read (the rest of the pod is what [`crate::podview::PodSubset`] decodes): in
 //! `request`, everything but `object` is kept as it is; in `object.metadata`, `namespace`, the
 //! label values under the keys in [`Reads::labels`] and the annotation values under
@@ -81,6 +90,8 @@ enum Class<'r> {
     LabelValue(&'r HashSet<Box<[u8]>>),
     /// Read, or under something read: kept as it is.
     Kept,
+    /// A field the pod's decode skips whatever it holds: left out, once checked to be JSON.
+    Ignored,
     /// Never read, nor anything under it.
     Unread,
 }
@@ -93,6 +104,7 @@ impl<'r> Class<'r> {
         match self {
             Class::Uid | Class::Kept | Class::LabelValue(_) => return Class::Kept,
             Class::Unread => return Class::Unread,
+            Class::Ignored => return Class::Ignored,
             _ if escaped => return Class::Kept,
             _ => {}
         }
@@ -102,11 +114,12 @@ impl<'r> Class<'r> {
             (Class::Request, b"object") => Class::Object,
             (Class::Object, b"metadata") => Class::Meta,
             (Class::Object, b"spec") => Class::Spec,
-            (Class::Object, b"status") => Class::Unread,
+            (Class::Object, b"status") => Class::Ignored,
             (Class::Meta, b"labels") => Class::Labels,
             (Class::Meta, b"annotations") => Class::Annotations,
             (Class::Meta, b"namespace") => Class::Kept,
-            (Class::Meta, _) => Class::Unread,
+            (Class::Meta, b"name" | b"generateName") => Class::Unread,
+            (Class::Meta, _) => Class::Ignored,
             (Class::Labels, k) => match reads.labels.get(k) {
                 None => Class::Unread,
                 Some(LabelRead::Whole) => Class::Kept,
@@ -117,19 +130,18 @@ impl<'r> Class<'r> {
             }
             (Class::Spec, b"securityContext") => Class::SecurityContext,
             (Class::Spec, k) if !SPEC_FIELDS_READ.iter().any(|f| f.as_bytes() == k) => {
-                Class::Unread
+                Class::Ignored
             }
             (Class::SecurityContext, b"sysctls") => Class::Kept,
-            (Class::SecurityContext, _) => Class::Unread,
+            (Class::SecurityContext, _) => Class::Ignored,
             _ => Class::Kept,
         }
     }
     /// The class of an array's elements, or of what is under a scalar's place.
     fn elements(self) -> Class<'r> {
-        if self == Class::Unread {
-            Class::Unread
-        } else {
-            Class::Kept
+        match self {
+            Class::Unread | Class::Ignored => self,
+            _ => Class::Kept,
         }
     }
 }
@@ -170,6 +182,24 @@ pub fn skeleton<'b>(body: &'b [u8], reads: &Reads) -> Option<Skeleton<'b>> {
                 } else if f.key_next {
                     f.value = f.class.child(&body[i + 1..end], escaped, reads);
                     f.key_next = false;
+                    let dropped = match (f.class, f.value) {
+                        (_, Class::Ignored) => Some(Dropped::AnyValue(MAX_DEPTH - depth)),
+                        (Class::Labels | Class::Annotations, Class::Unread) => {
+                            Some(Dropped::PlainString)
+                        }
+                        _ => None,
+                    };
+                    if let Some(what) = dropped {
+                        // The key goes too: JSON must read it (it has no escapes).
+                        if !utf8(&body[i + 1..end]) {
+                            return None;
+                        }
+                        key.extend_from_slice(&body[copied..i]);
+                        let (resume, key_next) = drop_member(body, end + 1, what, &mut key)?;
+                        f.key_next = key_next;
+                        (copied, i) = (resume, resume);
+                        continue;
+                    }
                     Class::Kept
                 } else {
                     f.value
@@ -237,6 +267,196 @@ pub fn skeleton<'b>(body: &'b [u8], reads: &Reads) -> Option<Skeleton<'b>> {
     Some(Skeleton { key, uid })
 }
 
+/// What a member left out of the skeleton may hold.
+#[derive(Clone, Copy)]
+enum Dropped {
+    /// Any JSON value serde_json skips, nested at most this deep.
+    AnyValue(usize),
+    /// A plain string (a label or annotation the pod's decode reads into a string).
+    PlainString,
+}
+
+/// Leave out of `key` (which holds the skeleton up to the member's key) the object member whose
+/// key closed just before `from`, and one comma beside it: the one before it, else — when it is
+/// the object's first member in `key` — the one after it, which another member must follow.
+/// Its value must be `what`, and the member where JSON allows one. The offset to go on from,
+/// and whether a key comes next there.
+fn drop_member(
+    body: &[u8],
+    from: usize,
+    what: Dropped,
+    key: &mut Vec<u8>,
+) -> Option<(usize, bool)> {
+    let at = value_start(body, from)?;
+    let after = match what {
+        Dropped::AnyValue(room) => value_end(body, at, room)?,
+        Dropped::PlainString => {
+            let (end, escaped) = string_end(body, at + 1).filter(|_| body[at] == b'"')?;
+            (!escaped && utf8(&body[at + 1..end])).then_some(end + 1)?
+        }
+    };
+    let last = key.iter().rposition(|b| !b" \t\n\r".contains(b))?;
+    let first = match key[last] {
+        b',' => {
+            key.truncate(last);
+            false
+        }
+        b'{' => true,
+        _ => return None,
+    };
+    let next = whitespace_end(body, after);
+    match *body.get(next)? {
+        b'}' => Some((next, false)),
+        b',' => {
+            let member = whitespace_end(body, next + 1);
+            if body.get(member) != Some(&b'"') {
+                return None;
+            }
+            // The comma after it goes with it when it was first; else the one before did.
+            Some(if first { (member, true) } else { (next, false) })
+        }
+        _ => None,
+    }
+}
+
+/// The offset of the value after the key whose closing `"` is at `from - 1`: past whitespace, one
+/// `:` and whitespace.
+fn value_start(body: &[u8], from: usize) -> Option<usize> {
+    let colon = whitespace_end(body, from);
+    (body.get(colon) == Some(&b':')).then(|| whitespace_end(body, colon + 1))
+}
+
+/// The offset of the first byte at or after `i` that is not JSON whitespace.
+fn whitespace_end(body: &[u8], mut i: usize) -> usize {
+    while matches!(body.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The offset just past the JSON value at `i`, when it is one that serde_json skips without
+/// error — checked more strictly than it does (strings valid UTF-8, nesting at most `room`
+/// deep), so that any value accepted here decodes as the one it replaces: ignored.
+fn value_end(body: &[u8], mut i: usize, room: usize) -> Option<usize> {
+    // Open containers, innermost lowest: 1 for an object, 0 for an array.
+    let (mut open, mut depth) = (0u64, 0);
+    loop {
+        // A value starts at `i`.
+        match *body.get(i)? {
+            c @ (b'{' | b'[') => {
+                if depth == room.min(63) {
+                    return None;
+                }
+                (open, depth) = (open << 1 | u64::from(c == b'{'), depth + 1);
+                i = whitespace_end(body, i + 1);
+                let close = if c == b'{' { b'}' } else { b']' };
+                if body.get(i) != Some(&close) {
+                    if c == b'{' {
+                        i = member_value(body, i)?;
+                    }
+                    continue;
+                }
+                (open, depth, i) = (open >> 1, depth - 1, i + 1);
+            }
+            b'"' => i = checked_string_end(body, i + 1)? + 1,
+            b't' => i = literal_end(body, i, b"true")?,
+            b'f' => i = literal_end(body, i, b"false")?,
+            b'n' => i = literal_end(body, i, b"null")?,
+            b'-' | b'0'..=b'9' => i = number_end(body, i)?,
+            _ => return None,
+        }
+        // A value ended before `i`: close what it ends, or go on to the next one.
+        loop {
+            if depth == 0 {
+                return Some(i);
+            }
+            i = whitespace_end(body, i);
+            let object = open & 1 == 1;
+            match (*body.get(i)?, object) {
+                (b',', true) => i = member_value(body, whitespace_end(body, i + 1))?,
+                (b',', false) => i = whitespace_end(body, i + 1),
+                (b'}', true) | (b']', false) => {
+                    (open, depth, i) = (open >> 1, depth - 1, i + 1);
+                    continue;
+                }
+                _ => return None,
+            }
+            break;
+        }
+    }
+}
+
+/// In an object at `i` (a key): the offset of the member's value.
+fn member_value(body: &[u8], i: usize) -> Option<usize> {
+    if body.get(i) != Some(&b'"') {
+        return None;
+    }
+    value_start(body, checked_string_end(body, i + 1)? + 1)
+}
+
+/// The offset of the `"` closing the string whose contents start at `from`, when serde_json
+/// reads it without error: valid UTF-8, no control byte, only JSON's escapes.
+fn checked_string_end(body: &[u8], mut from: usize) -> Option<usize> {
+    let start = from;
+    loop {
+        let at = from + special_at(body.get(from..)?)?;
+        match body[at] {
+            b'"' => return utf8(&body[start..at]).then_some(at),
+            b'\\' => {
+                from = at + 2;
+                match *body.get(at + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                    b'u' => {
+                        let hex = body.get(at + 2..at + 6)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        from = at + 6;
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The offset past `literal` at `i`, when it is there.
+fn literal_end(body: &[u8], i: usize, literal: &[u8]) -> Option<usize> {
+    let end = i + literal.len();
+    (body.get(i..end)? == literal).then_some(end)
+}
+
+/// The offset past the JSON number at `i` (`-`, then `0` or digits not starting with `0`, then
+/// an optional fraction and exponent, each with at least one digit).
+fn number_end(body: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |i: usize| {
+        let n = body[i.min(body.len())..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        (n > 0).then_some(i + n)
+    };
+    if body.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = match body.get(i)? {
+        b'0' => i + 1,
+        _ => digits(i)?,
+    };
+    if body.get(i) == Some(&b'.') {
+        i = digits(i + 1)?;
+    }
+    if matches!(body.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(body.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(i)?;
+    }
+    Some(i)
+}
+
 /// The offset of the `"` closing the string whose contents start at `from`, and whether the
 /// string has escapes; `None` when it does not close or has a control byte (not JSON).
 fn string_end(body: &[u8], mut from: usize) -> Option<(usize, bool)> {
@@ -296,20 +516,22 @@ mod tests {
     fn unread_values_and_the_uid_are_emptied_the_rest_kept() {
         let (k, uid) = key(&review("u-42", POD)).unwrap();
         assert_eq!(uid, "u-42");
+        // Fields the pod's decode skips, and labels and annotations not read, are left out.
         let expected = review("", POD)
             .replace(r#""generateName":"web-7d9-""#, r#""generateName":"""#)
-            .replace(r#""pod-template-hash":"7d9""#, r#""pod-template-hash":"""#)
-            .replace(r#""restartedAt":"t1""#, r#""restartedAt":"""#)
+            .replace(r#","pod-template-hash":"7d9""#, "")
+            .replace(r#","restartedAt":"t1""#, "")
             .replace(
-                r#"{"name":"web-7d9","uid":"u-1","controller":true}"#,
-                r#"{"name":"","uid":"","controller":true}"#,
+                r#","ownerReferences":[{"name":"web-7d9","uid":"u-1","controller":true}]"#,
+                "",
             )
-            .replace(r#"{"type":"x"}"#, r#"{"type":""}"#)
+            .replace(r#""runAsUser":1000,"#, "")
+            .replace(r#","seLinuxOptions":{"type":"x"}"#, "")
             .replace(
-                r#"{"name":"nginx","image":"nginx:1.27","args":["-g","daemon off;"]}"#,
-                r#"{"name":"","image":"","args":["",""]}"#,
+                r#","containers":[{"name":"nginx","image":"nginx:1.27","args":["-g","daemon off;"]}]"#,
+                "",
             )
-            .replace(r#""phase":"Pending""#, r#""phase":"""#);
+            .replace(r#","status":{"phase":"Pending"}"#, "");
         assert_eq!(k, expected);
     }
 
@@ -335,11 +557,11 @@ mod tests {
             POD.replace(r#""pool":"a""#, r#""pool":"b""#),
             POD.replace(r#""key":"k""#, r#""key":"j""#),
             POD.replace("\"1024\"", "\"2048\""),
-            POD.replace("1000", "1001"),
-            POD.replace(r#""controller":true"#, r#""controller":false"#),
             POD.replace(r#""namespace":"shop""#, r#""namespace":"shoq""#),
-            // A key is always kept, also under what is not read.
-            POD.replace(r#""image""#, r#""imag""#),
+            // A field read that becomes one not read, and the other way round.
+            POD.replace(r#""nodeSelector""#, r#""nodeSelecto""#),
+            POD.replace(r#""containers""#, r#""nodeName""#),
+            POD.replace(r#""restartedAt""#, r#""kubetune.dev/decision""#),
             // An unread label becomes one a selector names, and the other way round.
             POD.replace(r#""pod-template-hash""#, r#""tier""#),
             POD.replace(r#"{"kind":"Pod","#, r#"{ "kind":"Pod","#),
@@ -357,13 +579,59 @@ mod tests {
     }
 
     #[test]
+    fn whatever_a_field_the_decode_skips_holds_the_skeleton_is_the_same() {
+        let first = key(&review("u-1", POD)).unwrap().0;
+        let alike = [
+            POD.replace("1000", "-1.5e+3"),
+            POD.replace(
+                r#""controller":true"#,
+                r#""controller":false,"blockOwnerDeletion":null"#,
+            ),
+            POD.replace(r#""image""#, r#""imag""#),
+            POD.replace(
+                r#"{"name":"nginx","#,
+                r#"{"name":"sidecar","ports":[{"containerPort":8080}],"env":[]},{"name":"nginx","#,
+            ),
+            POD.replace(
+                r#""args":["-g","daemon off;"]"#,
+                r#""args" : [ "a\"b\\/\u00e9\n" ] "#,
+            ),
+            POD.replace(r#"{"phase":"Pending"}"#, r#""Pending""#),
+            POD.replace(r#"{"phase":"Pending"}"#, "[[], {}, 0, true]"),
+            // Fields and labels not read, there or not.
+            POD.replace(r#","status":{"phase":"Pending"}"#, ""),
+            POD.replace(r#""runAsUser":1000,"#, ""),
+            POD.replace(
+                r#""runAsUser":1000,"#,
+                r#""fsGroup": 2, "runAsUser":1000 , "#,
+            ),
+            POD.replace(
+                r#"{"nodeSelector""#,
+                r#"{"dnsPolicy":"ClusterFirst","nodeSelector""#,
+            ),
+            POD.replace(
+                r#""tier":"frontend","#,
+                r#""version":"v2","tier":"frontend","team":"a","#,
+            ),
+            POD.replace(r#","restartedAt":"t1""#, ""),
+        ];
+        for obj in &alike {
+            assert_eq!(
+                key(&review("u-1", obj)).map(|k| k.0),
+                Some(first.clone()),
+                "{obj}"
+            );
+        }
+    }
+
+    #[test]
     fn a_selector_label_keeps_the_values_selectors_name_and_masks_the_others_alike() {
         let with_tier = |v: &str| key(&review("u-1", &POD.replace("frontend", v))).unwrap().0;
         let other = with_tier("batch");
         let masked = review("", POD)
             .replace(r#""tier":"frontend""#, "\"tier\":\"\u{1}\"")
             .replace(r#""generateName":"web-7d9-""#, r#""generateName":"""#);
-        assert!(other.starts_with(&masked[..masked.find("pod-template-hash").unwrap()]));
+        assert!(other.starts_with(&masked[..masked.find(r#","pod-template-hash""#).unwrap()]));
         // Values no selector names are alike; each named value (also "") is its own.
         assert_eq!(other, with_tier("svc-4f2"));
         assert_eq!(other, with_tier("ü"));
@@ -385,8 +653,55 @@ mod tests {
         let none = [
             review(r"u\u0031", POD),
             review("u\u{1}", POD),
-            review("u-1", &POD.replace("nginx:1.27", r"nginx\u003a1.27")),
+            review("u-1", &POD.replace("t1", r"t\u00741")),
             review("u-1", &POD.replace("nginx:1.27", "nginx\t1.27")),
+            // What stands for a skipped field must be JSON serde_json reads.
+            review("u-1", &POD.replace("nginx:1.27", r"nginx\q1.27")),
+            review("u-1", &POD.replace("nginx:1.27", r"nginx\u00g01.27")),
+            review("u-1", &POD.replace("1000", "01000")),
+            review("u-1", &POD.replace("1000", "1.")),
+            review("u-1", &POD.replace("1000", "-")),
+            review("u-1", &POD.replace("1000", "1e")),
+            review(
+                "u-1",
+                &POD.replace(r#""controller":true"#, r#""controller":tru"#),
+            ),
+            review(
+                "u-1",
+                &POD.replace(r#""controller":true"#, r#""controller" true"#),
+            ),
+            review(
+                "u-1",
+                &POD.replace(r#""controller":true"#, r#""controller":true,"#),
+            ),
+            review(
+                "u-1",
+                &POD.replace(r#"["-g","daemon off;"]"#, r#"["-g" "daemon off;"]"#),
+            ),
+            review("u-1", &POD.replace(r#"["-g","daemon off;"]"#, r#"["-g",]"#)),
+            review("u-1", &POD.replace(r#"["-g","daemon off;"]"#, r#"["-g"}"#)),
+            review("u-1", &POD.replace(r#"{"phase":"Pending"}"#, "{1:2}")),
+            review("u-1", &POD.replace(r#"{"phase":"Pending"}"#, "x")),
+            // A member left out must sit where JSON allows one.
+            review(
+                "u-1",
+                &POD.replace(
+                    r#""seLinuxOptions":{"type":"x"}"#,
+                    r#""seLinuxOptions":{"type":"x"},"#,
+                ),
+            ),
+            review(
+                "u-1",
+                &POD.replace(r#"{"phase":"Pending"}"#, r#"{"phase":"Pending",}"#),
+            ),
+            review(
+                "u-1",
+                &POD.replace(r#""runAsUser":1000,"#, r#""runAsUser":1000,,"#),
+            ),
+            review(
+                "u-1",
+                &POD.replace(r#""runAsUser":1000,"#, r#""runAsUser":1000 "#),
+            ),
             review("u-1", POD).replacen(r#""uid":"u-1","#, r#""uid":"u-1","uid":"u-2","#, 1),
             review("u-1", POD).replace(r#""uid":"u-1","#, ""),
             review("u-1", POD)[..200].to_string(),
@@ -403,6 +718,11 @@ mod tests {
         let mut bytes = review("u-1", POD).into_bytes();
         let at = bytes.windows(4).position(|w| w == b"1.27").unwrap();
         bytes[at] = 0xff;
+        assert_eq!(skeleton(&bytes, &reads()), None);
+        // And in the key of a member left out.
+        let mut bytes = review("u-1", POD).into_bytes();
+        let at = bytes.windows(10).position(|w| w == b"containers").unwrap();
+        bytes[at + 2] = 0x80;
         assert_eq!(skeleton(&bytes, &reads()), None);
     }
 }

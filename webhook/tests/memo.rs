@@ -234,7 +234,17 @@ fn deployments_selected_by_the_same_policies_share_one_plan() {
         assert!(r.memo_hit && !fresh.memo_hit, "{app}");
         assert_eq!(without_uid(&r), without_uid(&fresh), "{app}");
     }
-    // Their `app` values are no value a selector names: one skeleton answers them all.
+    // Their `app` values are no value a selector names: one skeleton answers them all, also
+    // when their templates differ in what the pod's decode skips (here, all of `containers`;
+    // a spec key the other lacks would give a skeleton of its own).
+    assert_eq!((snap.skeletons.len(), snap.memo.len()), (1, 1));
+    let mut other = deployment("cart");
+    other["spec"]["containers"] = json!([{"name": "cart", "image": "cart:2", "ports": [{"containerPort": 9090}]},
+        {"name": "sidecar", "image": "envoy:1", "args": ["-c", "/etc/envoy.yaml"]}]);
+    let r = send(&snap, &cfg, &other, "other");
+    let fresh = send(&snap.clone(), &cfg, &other, "other");
+    assert!(r.memo_hit && !fresh.memo_hit);
+    assert_eq!(without_uid(&r), without_uid(&fresh));
     assert_eq!((snap.skeletons.len(), snap.memo.len()), (1, 1));
     let batch = send(&snap, &cfg, &deployment("batch"), "b");
     assert!(!batch.memo_hit, "selected by one more policy");
@@ -576,6 +586,52 @@ proptest! {
         let fresh = mutate(body.as_bytes(), &snap.clone(), &cfg).map(|a| a.body);
         match (memoised, fresh) {
             (Ok(a), Ok(b)) => prop_assert_eq!(a, b, "{}", body),
+            (Err(_), Err(_)) => {}
+            (a, b) => prop_assert!(false, "memoised {a:?} vs fresh {b:?}"),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// A review that differs from a remembered one anywhere — up to 3 bytes replaced by JSON's
+    /// tokens, broken or not (numbers, literals, brackets, escapes), in fields the decode skips
+    /// and everywhere else — gets exactly the answer a fresh snapshot gives it.
+    #[test]
+    fn the_skeleton_memo_answers_exactly_whatever_changed(
+        at in any::<prop::sample::Index>(),
+        cut in 0usize..4,
+        with in prop_oneof![
+            prop::sample::select(vec!["", "0", "01", "-", "-1.5e+3", "1.", "1e", ".5", "true", "tru", "null", "nul", "false", ",", ":", "{", "}", "[", "]", "[]", "{}", "\"", "\"\"", "\\", "\\u00e9", "\\u00g0", "\\q", " ", "\t", "\n", "\u{1}", "\u{2}", "é", "x", "\"a\":1,"]).prop_map(|t| t.as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 1..3),
+        ],
+    ) {
+        let snap = snapshot(policies());
+        let cfg = Config::new("kubetune-system", &[]);
+        let obj = replica(json!({
+            "metadata": {
+                "labels": {"app": "web", "pod-template-hash": "5d8f9"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f9", "uid": "rs-1", "controller": true}]},
+            "spec": {
+                "securityContext": {"runAsUser": 1000, "fsGroup": 2000, "sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]},
+                "containers": [{"name": "nginx", "image": "nginx:1.27", "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "env": [{"name": "MODE", "value": "prod"}], "resources": {"limits": {"cpu": "500m"}}, "stdin": false}],
+                "terminationGracePeriodSeconds": 30, "dnsConfig": null},
+            "status": {"phase": "Pending", "conditions": []}}));
+        let mut earlier = obj.clone();
+        earlier["metadata"]["labels"]["pod-template-hash"] = json!("0a1b2");
+        mutate(apiserver_review(&earlier, "9a-00").as_bytes(), &snap, &cfg).unwrap();
+        let first = apiserver_review(&obj, "9a-01");
+        mutate(first.as_bytes(), &snap, &cfg).unwrap();
+        let first = first.replace("9a-01", "9a-02").into_bytes();
+        let i = at.index(first.len());
+        let end = (i + cut).min(first.len());
+        let body = [&first[..i], &with, &first[end..]].concat();
+        let memoised = mutate(&body, &snap, &cfg).map(|a| a.body);
+        let fresh = mutate(&body, &snap.clone(), &cfg).map(|a| a.body);
+        match (memoised, fresh) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b, "{}", String::from_utf8_lossy(&body)),
             (Err(_), Err(_)) => {}
             (a, b) => prop_assert!(false, "memoised {a:?} vs fresh {b:?}"),
         }
