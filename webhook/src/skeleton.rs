@@ -161,6 +161,10 @@ struct Frame<'r> {
 /// The skeleton of `body`, when it has exactly one plain `request.uid`, every string to be
 /// masked is plain, and its strings and nesting close (see the module docs).
 pub fn skeleton<'b>(body: &'b [u8], reads: &Reads) -> Option<Skeleton<'b>> {
+    // Every string masked or left out must be valid UTF-8: checked once for the whole body.
+    if !utf8(body) {
+        return None;
+    }
     let top = Frame {
         class: Class::Root,
         object: false,
@@ -190,10 +194,6 @@ pub fn skeleton<'b>(body: &'b [u8], reads: &Reads) -> Option<Skeleton<'b>> {
                         _ => None,
                     };
                     if let Some(what) = dropped {
-                        // The key goes too: JSON must read it (it has no escapes).
-                        if !utf8(&body[i + 1..end]) {
-                            return None;
-                        }
                         key.extend_from_slice(&body[copied..i]);
                         let (resume, key_next) = drop_member(body, end + 1, what, &mut key)?;
                         f.key_next = key_next;
@@ -206,14 +206,13 @@ pub fn skeleton<'b>(body: &'b [u8], reads: &Reads) -> Option<Skeleton<'b>> {
                 };
                 if let Class::LabelValue(named) = class {
                     let contents = &body[i + 1..end];
-                    if !escaped && !named.contains(contents) && utf8(contents) {
+                    if !escaped && !named.contains(contents) {
                         key.extend_from_slice(&body[copied..i]);
                         key.extend_from_slice(OTHER_VALUE);
                         copied = end + 1;
                     }
                 } else if matches!(class, Class::Unread | Class::Uid) {
-                    let contents = &body[i + 1..end];
-                    if escaped || !utf8(contents) || (class == Class::Uid && uid.is_some()) {
+                    if escaped || (class == Class::Uid && uid.is_some()) {
                         return None;
                     }
                     if class == Class::Uid {
@@ -292,7 +291,7 @@ fn drop_member(
         Dropped::AnyValue(room) => value_end(body, at, room)?,
         Dropped::PlainString => {
             let (end, escaped) = string_end(body, at + 1).filter(|_| body[at] == b'"')?;
-            (!escaped && utf8(&body[at + 1..end])).then_some(end + 1)?
+            (!escaped).then_some(end + 1)?
         }
     };
     let last = key.iter().rposition(|b| !b" \t\n\r".contains(b))?;
@@ -395,13 +394,12 @@ fn member_value(body: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The offset of the `"` closing the string whose contents start at `from`, when serde_json
-/// reads it without error: valid UTF-8, no control byte, only JSON's escapes.
+/// reads it without error (in a body of valid UTF-8): no control byte, only JSON's escapes.
 fn checked_string_end(body: &[u8], mut from: usize) -> Option<usize> {
-    let start = from;
     loop {
         let at = from + special_at(body.get(from..)?)?;
         match body[at] {
-            b'"' => return utf8(&body[start..at]).then_some(at),
+            b'"' => return Some(at),
             b'\\' => {
                 from = at + 2;
                 match *body.get(at + 1)? {
@@ -475,8 +473,8 @@ fn string_end(body: &[u8], mut from: usize) -> Option<(usize, bool)> {
 }
 
 /// Valid UTF-8 (JSON reads a string without escapes or control bytes verbatim when it is).
-fn utf8(contents: &[u8]) -> bool {
-    contents.is_ascii() || std::str::from_utf8(contents).is_ok()
+fn utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 #[cfg(test)]
