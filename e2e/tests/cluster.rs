@@ -1571,9 +1571,9 @@ fn every_replica_of_a_scaled_deployment_gets_the_same_decision() {
 }
 
 /// Deployments that the same policies select get the same decision (the webhook plans their pod
-/// once and answers the other from its memo — by its review skeleton, since their `app` values
-/// differ only in values no selector names), and one that a further policy selects (`app=batch`,
-/// a value a selector names) gets its own.
+/// once and answers the other from its memo — by its review skeleton, since their templates
+/// differ only in what kubetune does not read: containers, and `app` values no selector names),
+/// and one that a further policy selects (`app=batch`, a value a selector names) gets its own.
 #[test]
 fn deployments_selected_by_the_same_policies_get_the_same_decision() {
     let Some((_g, ns)) = setup("deployments", &[]) else {
@@ -1585,14 +1585,17 @@ fn deployments_selected_by_the_same_policies_get_the_same_decision() {
     let batch = json!({"sysctls": [{"name": "net.ipv4.tcp_fin_timeout", "value": "15"}]});
     ns.apply(policy("batch", "batch", batch)).unwrap();
     let apps = ["web", "api", "batch"];
-    for app in apps {
+    for (i, app) in apps.iter().enumerate() {
         let labels = json!({"app": app, "tier": "frontend"});
+        // Templates of their own (another port, env), which kubetune does not read.
+        let container = json!({"name": "pause", "image": "registry.k8s.io/pause:3.10",
+            "ports": [{"containerPort": 8080 + i}], "env": [{"name": "APP", "value": app}]});
         ns.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": app},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": app}},
                 "template": {"metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}}}))
-        .unwrap();
+                    "spec": {"containers": [container]}}}}))
+            .unwrap();
     }
     let record = |app: &str| -> Value {
         let status = format!("deployment/{app}");
