@@ -235,12 +235,15 @@ fn deployments_selected_by_the_same_policies_share_one_plan() {
         assert_eq!(without_uid(&r), without_uid(&fresh), "{app}");
     }
     // Their `app` values are no value a selector names: one skeleton answers them all, also
-    // when their templates differ in what the pod's decode skips (here, all of `containers`;
-    // a spec key the other lacks would give a skeleton of its own).
+    // when their templates differ in what the pod's decode skips (containers, spec fields and
+    // labels kubetune does not read, there or not).
     assert_eq!((snap.skeletons.len(), snap.memo.len()), (1, 1));
     let mut other = deployment("cart");
     other["spec"]["containers"] = json!([{"name": "cart", "image": "cart:2", "ports": [{"containerPort": 9090}]},
         {"name": "sidecar", "image": "envoy:1", "args": ["-c", "/etc/envoy.yaml"]}]);
+    other["spec"]["terminationGracePeriodSeconds"] = json!(5);
+    other["spec"]["serviceAccountName"] = json!("cart");
+    other["metadata"]["labels"]["version"] = json!("v2");
     let r = send(&snap, &cfg, &other, "other");
     let fresh = send(&snap.clone(), &cfg, &other, "other");
     assert!(r.memo_hit && !fresh.memo_hit);
