@@ -359,7 +359,7 @@ fn value_end(body: &[u8], mut i: usize, room: usize) -> Option<usize> {
                 }
                 (open, depth, i) = (open >> 1, depth - 1, i + 1);
             }
-            b'"' => i = checked_string_end(body, i + 1)? + 1,
+            b'"' => i = string_end(body, i + 1)?.0 + 1,
             b't' => i = literal_end(body, i, b"true")?,
             b'f' => i = literal_end(body, i, b"false")?,
             b'n' => i = literal_end(body, i, b"null")?,
@@ -392,33 +392,7 @@ fn member_value(body: &[u8], i: usize) -> Option<usize> {
     if body.get(i) != Some(&b'"') {
         return None;
     }
-    value_start(body, checked_string_end(body, i + 1)? + 1)
-}
-
-/// The offset of the `"` closing the string whose contents start at `from`, when serde_json
-/// reads it without error (in a body of valid UTF-8): no control byte, only JSON's escapes.
-fn checked_string_end(body: &[u8], mut from: usize) -> Option<usize> {
-    loop {
-        let at = from + special_at(body.get(from..)?)?;
-        match body[at] {
-            b'"' => return Some(at),
-            b'\\' => {
-                from = at + 2;
-                match *body.get(at + 1)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                    b'u' => {
-                        let hex = body.get(at + 2..at + 6)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
-                        }
-                        from = at + 6;
-                    }
-                    _ => return None,
-                }
-            }
-            _ => return None,
-        }
-    }
+    value_start(body, string_end(body, i + 1)?.0 + 1)
 }
 
 /// The offset past `literal` at `i`, when it is there.
@@ -458,7 +432,8 @@ fn number_end(body: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// The offset of the `"` closing the string whose contents start at `from`, and whether the
-/// string has escapes; `None` when it does not close or has a control byte (not JSON).
+/// string has escapes; `None` when serde_json would not read it (in a body of valid UTF-8): it
+/// does not close, has a control byte, or an escape JSON does not have.
 fn string_end(body: &[u8], mut from: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
@@ -468,6 +443,17 @@ fn string_end(body: &[u8], mut from: usize) -> Option<(usize, bool)> {
             b'\\' => {
                 escaped = true;
                 from = at + 2;
+                match *body.get(at + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                    b'u' => {
+                        let hex = body.get(at + 2..at + 6)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        from = at + 6;
+                    }
+                    _ => return None,
+                }
             }
             _ => return None,
         }
