@@ -10,9 +10,7 @@ use fixtures::*;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::client::Body;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::Client;
 use kubetune_crds::decision::{PodDecision, DECISION_ANNOTATION, MULTUS_NETWORKS_ANNOTATION};
 use kubetune_crds::node::{NodeTuningStatus, RefusedSysctl};
 use kubetune_crds::policy::{condition, DeliveryDecision, TuningPolicy};
@@ -294,27 +292,6 @@ fn no_all_pods_applied_while_pods_fail_to_start() {
     );
 }
 
-fn store<K>(objs: Vec<K>) -> Store<K>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, mut writer) = reflector::store::<K>();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for o in objs {
-        writer.apply_watcher_event(&watcher::Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    reader
-}
-
-struct Seen {
-    method: String,
-    path: String,
-    query: String,
-    body: Value,
-}
-
 fn node_tuning(node: &str) -> Value {
     json!({"apiVersion": "kubetune.dev/v1alpha1", "kind": "NodeTuning",
            "metadata": {"name": node, "resourceVersion": "7"},
@@ -345,11 +322,8 @@ async fn reconcile_seeing(p: TuningPolicy, pods: Vec<Pod>) -> Vec<Seen> {
         while let Ok(Some((req, send))) =
             tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await
         {
-            let method = req.method().to_string();
-            let path = req.uri().path().to_string();
-            let query = req.uri().query().unwrap_or_default().to_string();
-            let bytes = req.into_body().collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let seen_now = Seen::of(req).await;
+            let (path, body) = (&seen_now.path, &seen_now.body);
             let reply = if path.contains("/nodetunings/") {
                 let mut nt = node_tuning(path.split('/').nth(5).unwrap());
                 nt["status"] = body["status"].clone();
@@ -367,12 +341,7 @@ async fn reconcile_seeing(p: TuningPolicy, pods: Vec<Pod>) -> Vec<Seen> {
                     .body(Body::from(serde_json::to_vec(&reply).unwrap()))
                     .unwrap(),
             );
-            seen.push(Seen {
-                method,
-                path,
-                query,
-                body,
-            });
+            seen.push(seen_now);
         }
         seen
     });

@@ -11,9 +11,8 @@ use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::runtime::reflector::{self};
+use kube::Client;
 use kubetune_crds::facts::ClusterFacts;
 use kubetune_crds::policy::{condition, TuningPolicy};
 use kubetune_crds::report::{Diagnosis, ListenerReport};
@@ -23,23 +22,7 @@ use kubetune_operator::controller::{
 use kubetune_operator::metrics::Metrics;
 use kubetune_operator::status::{evaluate, Environment};
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle};
-
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-fn store<K>(objs: Vec<K>) -> Store<K>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, mut writer) = reflector::store::<K>();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for o in objs {
-        writer.apply_watcher_event(&watcher::Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    reader
-}
+use tower_test::mock::{self};
 
 struct Setup {
     ctx: Arc<Context>,
@@ -83,50 +66,6 @@ fn setup_with_leases(
     Setup {
         ctx: Arc::new(ctx),
         handle,
-    }
-}
-
-struct Seen {
-    method: String,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-/// Take the next request, answer it with `reply(body)` (status 200), return what was seen.
-async fn answer(handle: &mut ApiHandle, reply: impl FnOnce(&Value) -> Value) -> Seen {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("a request within 5 s")
-        .expect("service alive");
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or_default().to_string();
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    let out = reply(&body);
-    send.send_response(
-        Response::builder()
-            .status(200)
-            .body(Body::from(serde_json::to_vec(&out).unwrap()))
-            .unwrap(),
-    );
-    Seen {
-        method,
-        path,
-        query,
-        content_type,
-        body,
     }
 }
 

@@ -14,74 +14,12 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::Client;
 use kubetune_crds::policy::{rollout_reason, RestartPods, TuningPolicy, WorkloadRolloutState};
 use kubetune_operator::restarts::{reconcile_rollout, RolloutInput, Rollouts};
 use kubetune_operator::status::{evaluate, Environment};
 use serde_json::{json, Value};
-use tower_test::mock::{self, Handle};
-
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-fn store<K>(objs: Vec<K>) -> Store<K>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, mut writer) = reflector::store::<K>();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for o in objs {
-        writer.apply_watcher_event(&watcher::Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    reader
-}
-
-struct Seen {
-    method: String,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-/// Take the next request, answer it with `reply(body)` (status 200), return what was seen.
-async fn answer(handle: &mut ApiHandle, reply: impl FnOnce(&Value) -> Value) -> Seen {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("a request within 5 s")
-        .expect("service alive");
-    let method = req.method().to_string();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or_default().to_string();
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    let body: Value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    let out = reply(&body);
-    send.send_response(
-        Response::builder()
-            .status(200)
-            .body(Body::from(serde_json::to_vec(&out).unwrap()))
-            .unwrap(),
-    );
-    Seen {
-        method,
-        path,
-        query,
-        content_type,
-        body,
-    }
-}
+use tower_test::mock::{self};
 
 async fn no_request(handle: &mut ApiHandle) {
     let none = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;

@@ -132,17 +132,17 @@ fn ptr(tokens: &[&str]) -> String {
     let mut p = String::with_capacity(64);
     for t in tokens {
         p.push('/');
-        if !t.bytes().any(|b| b == b'~' || b == b'/') {
-            p.push_str(t);
-            continue;
+        let mut rest = *t;
+        while let Some(i) = rest.bytes().position(|b| b == b'~' || b == b'/') {
+            p.push_str(&rest[..i]);
+            p.push_str(if rest.as_bytes()[i] == b'~' {
+                "~0"
+            } else {
+                "~1"
+            });
+            rest = &rest[i + 1..];
         }
-        for c in t.chars() {
-            match c {
-                '~' => p.push_str("~0"),
-                '/' => p.push_str("~1"),
-                c => p.push(c),
-            }
-        }
+        p.push_str(rest);
     }
     p
 }
@@ -364,5 +364,22 @@ fn append_missing(
             .into_iter()
             .map(|m| add_json(ptr(&[&tokens[..], &["-"]].concat()), json!(m)))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ptr;
+
+    #[test]
+    fn pointers_escape_tilde_and_slash_as_rfc_6901_says() {
+        assert_eq!(ptr(&[]), "");
+        assert_eq!(ptr(&["spec", "securityContext"]), "/spec/securityContext");
+        assert_eq!(
+            ptr(&["metadata", "annotations", "kubetune.dev/decision"]),
+            "/metadata/annotations/kubetune.dev~1decision"
+        );
+        assert_eq!(ptr(&["a~b/c", "~", "/", ""]), "/a~0b~1c/~0/~1/");
+        assert_eq!(ptr(&["é/~ü"]), "/é~1~0ü");
     }
 }
