@@ -158,7 +158,13 @@ enum Shape {
     NewDeployment,
     /// A pod with a never-seen nodeSelector every time (new plan input).
     Unplanned,
+    /// Replicas of one pod, and every [`MIXED_EVERY`]th review a pod never planned (as
+    /// `Unplanned`): what the first pod of a new kind sees amid a busy cluster's reviews.
+    Mixed,
 }
+
+/// In [`Shape::Mixed`], one review in this many is never planned.
+const MIXED_EVERY: usize = 20;
 
 /// `n` reviews of `shape`, none seen before in this process (`tag` keeps runs apart).
 fn bodies(shape: Shape, tag: &str, n: usize) -> Bodies {
@@ -176,6 +182,12 @@ fn bodies(shape: Shape, tag: &str, n: usize) -> Bodies {
             .collect(),
         Shape::Unplanned => (0..n)
             .map(|i| unplanned_body(&format!("zone-{tag}{i:x}"), i))
+            .collect(),
+        Shape::Mixed => (0..n)
+            .map(|i| match i % MIXED_EVERY {
+                0 => unplanned_body(&format!("zone-{tag}{i:x}"), i),
+                _ => review_body_of("web", "7d9f8c6b5", "2026-11-01T10:00:00Z", i),
+            })
             .collect(),
     })
 }
@@ -202,6 +214,8 @@ fn process_cpu() -> Duration {
 /// Latencies and time of one measured run.
 struct Run {
     lat: Vec<Duration>,
+    /// The index into the run's bodies of the review each latency is of.
+    idx: Vec<usize>,
     wall: Duration,
     cpu: Duration,
 }
@@ -253,12 +267,15 @@ async fn saturate(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_client);
             for k in 0..per_client {
-                let body = bodies[(i * per_client + k) % bodies.len()].clone();
+                let at = (i * per_client + k) % bodies.len();
                 let t = Instant::now();
-                let (code, resp) = c.post("/mutate", body).await.expect("request");
+                let (code, resp) = c
+                    .post("/mutate", bodies[at].clone())
+                    .await
+                    .expect("request");
                 assert_eq!(code, 200);
                 assert!(resp.len() > 20);
-                lat.push(t.elapsed());
+                lat.push((t.elapsed(), at));
             }
             lat
         }));
@@ -267,8 +284,10 @@ async fn saturate(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
+    let (lat, idx) = all.into_iter().unzip();
     Run {
-        lat: all,
+        lat,
+        idx,
         wall: start.elapsed(),
         cpu: process_cpu() - cpu0,
     }
@@ -308,10 +327,13 @@ async fn fixed_rate(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let from = if backlogged { due } else { Instant::now() };
-                let body = bodies[(i * per_client + k) % bodies.len()].clone();
-                let (code, _) = c.post("/mutate", body).await.expect("request");
+                let at = (i * per_client + k) % bodies.len();
+                let (code, _) = c
+                    .post("/mutate", bodies[at].clone())
+                    .await
+                    .expect("request");
                 assert_eq!(code, 200);
-                lat.push(from.elapsed());
+                lat.push((from.elapsed(), at));
             }
             lat
         }));
@@ -320,8 +342,10 @@ async fn fixed_rate(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
+    let (lat, idx) = all.into_iter().unzip();
     Run {
-        lat: all,
+        lat,
+        idx,
         wall: start.elapsed(),
         cpu: process_cpu() - cpu0,
     }
@@ -360,6 +384,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// The latencies of `run`'s never-planned reviews ([`Shape::Mixed`]).
+fn never_planned(run: &Run) -> Vec<Duration> {
+    let of = run.idx.iter().map(|i| i % MIXED_EVERY == 0);
+    run.lat
+        .iter()
+        .zip(of)
+        .filter(|(_, n)| *n)
+        .map(|(l, _)| *l)
+        .collect()
+}
+
 /// The 99th percentile of one round's latencies, in seconds.
 fn p99(lat: &[Duration]) -> f64 {
     let mut l = lat.to_vec();
@@ -396,12 +431,14 @@ fn binomial(n: usize, k: usize) -> f64 {
     (0..k).fold(1.0, |c, j| c * (n - j) as f64 / (j + 1) as f64)
 }
 
-/// The profiled case, `KT_BENCH_SHAPE=deployment|rollout|replica` for case c, b or a; d by default.
+/// The profiled case, `KT_BENCH_SHAPE=deployment|rollout|replica|mixed` for case c, b, a or e; d by
+/// default.
 fn profile_shape() -> Shape {
     match std::env::var("KT_BENCH_SHAPE").as_deref() {
         Ok("deployment") => Shape::NewDeployment,
         Ok("rollout") => Shape::Rollout,
         Ok("replica") => Shape::Replica,
+        Ok("mixed") => Shape::Mixed,
         _ => Shape::Unplanned,
     }
 }
@@ -417,7 +454,7 @@ fn main() {
     let rate_rounds = env("KT_BENCH_RATE_ROUNDS", 4).max(1);
     // `KT_BENCH_CASES=bd` runs only those cases, `KT_BENCH_LOADS=rate` (or `saturation`) only
     // that load: to repeat one figure many times in the time of a whole run.
-    let cases_wanted = std::env::var("KT_BENCH_CASES").unwrap_or_else(|_| "abcd".into());
+    let cases_wanted = std::env::var("KT_BENCH_CASES").unwrap_or_else(|_| "abcde".into());
     let loads = std::env::var("KT_BENCH_LOADS").unwrap_or_else(|_| "saturation,rate".into());
     let per_client = requests / clients;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -528,6 +565,7 @@ fn main() {
             ("b", Shape::Rollout, "every review the first pod of another rollout (new pod-template-hash and restartedAt): answered by its skeleton (skeleton memo), not decoded"),
             ("c", Shape::NewDeployment, "every review a pod of a never-seen Deployment (new app label, named by a selector that does not select it, and another container port): answered by its skeleton (no selector names its app value, the decode skips containers), not decoded"),
             ("d", Shape::Unplanned, "every review a pod never planned (new nodeSelector zone): planned and patched from scratch"),
+            ("e", Shape::Mixed, "replicas, and one review in 20 a pod never planned (as in d): the first pod of a new kind amid a busy cluster's reviews"),
         ];
         let cases: Vec<_> = cases.into_iter().filter(|(l, ..)| cases_wanted.contains(l)).collect();
         let per_round = per_client / ROUNDS;
@@ -567,11 +605,17 @@ fn main() {
                 }
             }
             let paired: Vec<f64> = n.iter().zip(&r).map(|(n, r)| p99(&r.lat) / p99(&n.lat)).collect();
+            // Case e: the never-planned reviews' own p99 against the no-op's p99 in the same pair.
+            let unplanned: Vec<f64> = n.iter().zip(&r).map(|(n, r)| p99(&never_planned(r)) / p99(&n.lat)).collect();
             let (noop, real) = (figures(n), figures(r));
             row("kubetune /mutate", &real);
             row("no-op (same TLS stack)", &noop);
             ratio(&real, &noop);
             paired_ratio(paired);
+            if matches!(shape, Shape::Mixed) {
+                print!("  the never-planned reviews alone (1 in {MIXED_EVERY}):");
+                paired_ratio(unplanned);
+            }
         }
         println!("\ntargets: >= 5000 reviews/s on 2 cores; p99 <= 1.5x no-op");
     });
