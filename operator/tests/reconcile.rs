@@ -11,7 +11,7 @@ use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self};
+use kube::runtime::reflector;
 use kube::Client;
 use kubetune_crds::facts::ClusterFacts;
 use kubetune_crds::policy::{condition, TuningPolicy};
@@ -22,7 +22,7 @@ use kubetune_operator::controller::{
 use kubetune_operator::metrics::Metrics;
 use kubetune_operator::status::{evaluate, Environment};
 use serde_json::{json, Value};
-use tower_test::mock::{self};
+use tower_test::mock;
 
 struct Setup {
     ctx: Arc<Context>,

@@ -19,7 +19,7 @@ use kubetune_crds::policy::{rollout_reason, RestartPods, TuningPolicy, WorkloadR
 use kubetune_operator::restarts::{reconcile_rollout, RolloutInput, Rollouts};
 use kubetune_operator::status::{evaluate, Environment};
 use serde_json::{json, Value};
-use tower_test::mock::{self};
+use tower_test::mock;
 
 async fn no_request(handle: &mut ApiHandle) {
     let none = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
